@@ -1,0 +1,103 @@
+//! `machine-controller render`: the VirtualMachine and userdata Secret CreateMachine would
+//! write for a MachineClass and Secret, without any cluster.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use mcm_provider_kubevirt::driver::cluster_identity;
+use mcm_provider_kubevirt::field::is_dns1123_label;
+use mcm_provider_kubevirt::kubevirt::ownership::Ownership;
+use mcm_provider_kubevirt::kubevirt::vm::compose_machine;
+use mcm_provider_kubevirt::mcm::MachineClass;
+use mcm_provider_kubevirt::provider_spec::decode_provider_spec;
+use mcm_provider_kubevirt::secret::ProviderSecret;
+use mcm_provider_kubevirt::spi::CreateRequest;
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// YAML file with a machine.sapcloud.io/v1alpha1 MachineClass.
+    #[arg(long, value_name = "FILE")]
+    pub machine_class: PathBuf,
+    /// YAML file with the provider Secret (`data` or `stringData`: kubeconfig, userData).
+    #[arg(long, value_name = "FILE")]
+    pub secret: PathBuf,
+    /// Name of the Machine, which the VM and its node are named after.
+    #[arg(long, value_name = "NAME")]
+    pub machine_name: String,
+    /// Print the userdata Secret's data; by default it is redacted, as it holds credentials.
+    #[arg(long)]
+    pub include_secret_data: bool,
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} file {}", path.display()))
+}
+
+/// `stringData` is what people write by hand; the API server folds it into `data`.
+fn merged_secret_data(mut secret: Secret) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = secret.data.take().unwrap_or_default();
+    for (key, value) in secret.string_data.take().unwrap_or_default() {
+        data.insert(key, ByteString(value.into_bytes()));
+    }
+    secret.data = Some(data);
+    secret
+}
+
+pub fn render(args: &RenderArgs) -> Result<String> {
+    let class: MachineClass =
+        serde_saphyr::from_str(&read_text(&args.machine_class, "MachineClass")?)
+            .with_context(|| format!("{} is not a MachineClass", args.machine_class.display()))?;
+    // The parser's message is not passed on: it may quote the credentials in the file.
+    let secret: Secret =
+        serde_saphyr::from_str(&read_text(&args.secret, "Secret")?).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a Secret (YAML or field types invalid)",
+                args.secret.display()
+            )
+        })?;
+    let secret = merged_secret_data(secret);
+    if !is_dns1123_label(&args.machine_name) {
+        bail!(
+            "--machine-name {:?} must be a DNS-1123 label (at most 63 lowercase alphanumerics or '-')",
+            args.machine_name
+        );
+    }
+
+    let spec = decode_provider_spec(&class.provider_spec);
+    let provider_secret = ProviderSecret::from_secret(&secret);
+    let (spec, provider_secret) = match (spec, provider_secret) {
+        (Ok(spec), Ok(secret)) => (spec, secret),
+        (spec, secret) => {
+            let mut errors = spec.err().unwrap_or_default();
+            errors.extend(secret.err().unwrap_or_default());
+            bail!("invalid input: {errors}");
+        }
+    };
+    let request = CreateRequest {
+        ownership: Ownership {
+            machine_name: args.machine_name.clone(),
+            machine_class: class.metadata.name.clone().unwrap_or_default(),
+            cluster: cluster_identity(&class),
+        },
+        spec,
+        secret: provider_secret,
+    };
+    let mut composed =
+        compose_machine(&request).map_err(|e| anyhow::anyhow!("invalid input: {e}"))?;
+    if !args.include_secret_data
+        && let Some(data) = composed.user_data_secret.data.as_mut()
+    {
+        for value in data.values_mut() {
+            *value = ByteString(format!("<redacted: {} bytes>", value.0.len()).into_bytes());
+        }
+    }
+    let vm = serde_saphyr::to_string(&composed.vm).context("cannot print the VirtualMachine")?;
+    let secret =
+        serde_saphyr::to_string(&composed.user_data_secret).context("cannot print the Secret")?;
+    Ok(format!("---\n{vm}---\n{secret}"))
+}

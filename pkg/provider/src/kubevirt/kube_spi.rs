@@ -1,0 +1,421 @@
+//! The [`PluginSpi`] over the KubeVirt cluster's API.
+//!
+//! Every call can be retried after failing half-way: CreateMachine writes the userdata
+//! Secret (deterministic name) before the VM, creates the VM, then makes the VM the
+//! Secret's owner, and each step first looks at what an earlier attempt left. Nothing is
+//! changed or deleted unless this provider's labels say it made it for this machine.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{NodeAddress, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::config::KubeConfigOptions;
+use kube::{Client, Config, Resource, ResourceExt};
+use kubevirt_api::kubevirt::v1::virtualmachineinstances::VirtualMachineInstance;
+use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
+use serde_json::json;
+use tracing::debug;
+
+use crate::codes::MachineCode;
+use crate::kubevirt::ownership::{
+    MACHINE_LABEL, Owner, Ownership, cluster_selector, encode_provider_id, user_data_secret_name,
+};
+use crate::kubevirt::vm::compose_machine;
+use crate::secret::ClusterAccess;
+use crate::spi::{
+    CreateRequest, DeleteOutcome, ListRequest, MachineRef, PluginSpi, SpiError, VmStatus,
+};
+
+/// Makes a client for the KubeVirt cluster a secret points to.
+#[async_trait]
+pub trait ClientFactory: Send + Sync {
+    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError>;
+}
+
+/// Builds clients from the kubeconfig in the provider secret.
+#[derive(Debug, Clone, Default)]
+pub struct KubeconfigClientFactory;
+
+#[async_trait]
+impl ClientFactory for KubeconfigClientFactory {
+    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+        // kube's messages here may name kubeconfig entries; they are withheld so a
+        // malformed credential never reaches logs or the Machine status.
+        let unusable = |what: &str| SpiError::Api {
+            action: "use the kubeconfig of the provider secret".to_owned(),
+            code: MachineCode::InvalidArgument,
+            message: format!("{what} failed (details withheld as they may quote credentials)"),
+        };
+        let config = Config::from_custom_kubeconfig(
+            access.kubeconfig.clone(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|_| unusable("loading the client configuration"))?;
+        Client::try_from(config).map_err(|_| unusable("building the client"))
+    }
+}
+
+/// The KubeVirt implementation of the plugin SPI.
+pub struct KubeVirtSpi<F> {
+    clients: F,
+}
+
+impl<F: ClientFactory> KubeVirtSpi<F> {
+    pub fn new(clients: F) -> Self {
+        KubeVirtSpi { clients }
+    }
+}
+
+/// Maps a failed API call to the MCM code that makes MCM retry it the right way.
+pub fn api_error(action: impl Into<String>, error: kube::Error) -> SpiError {
+    let action = action.into();
+    match error {
+        kube::Error::Api(status) => {
+            let code = match status.code {
+                400 | 422 => MachineCode::InvalidArgument,
+                401 => MachineCode::Unauthenticated,
+                // Quota rejections are 403s; MCM and the autoscaler back off on ResourceExhausted.
+                403 if status.message.contains("exceeded quota") => MachineCode::ResourceExhausted,
+                403 => MachineCode::PermissionDenied,
+                // The namespace or the KubeVirt CRDs are missing.
+                404 => MachineCode::FailedPrecondition,
+                409 | 410 => MachineCode::Aborted,
+                429 | 502 | 503 => MachineCode::Unavailable,
+                504 => MachineCode::DeadlineExceeded,
+                _ => MachineCode::Internal,
+            };
+            SpiError::Api {
+                action,
+                code,
+                message: format!("{} ({} {})", status.message, status.code, status.reason),
+            }
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => SpiError::Api {
+            action,
+            code: MachineCode::Unavailable,
+            message: format!("API server unreachable: {error}"),
+        },
+        other => SpiError::Api {
+            action,
+            code: MachineCode::Internal,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// InternalIP addresses the VMI's interfaces report (the guest agent or DHCP lease).
+fn addresses(vmi: Option<VirtualMachineInstance>) -> Vec<NodeAddress> {
+    let mut found: Vec<String> = Vec::new();
+    let interfaces = vmi
+        .and_then(|vmi| vmi.status)
+        .and_then(|status| status.interfaces)
+        .unwrap_or_default();
+    for interface in interfaces {
+        let ips = interface
+            .ip_address
+            .into_iter()
+            .chain(interface.ip_addresses.unwrap_or_default());
+        for ip in ips {
+            if !ip.is_empty() && !found.contains(&ip) {
+                found.push(ip);
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|address| NodeAddress {
+            address,
+            type_: "InternalIP".to_owned(),
+        })
+        .collect()
+}
+
+struct Apis {
+    vms: Api<VirtualMachine>,
+    vmis: Api<VirtualMachineInstance>,
+    secrets: Api<Secret>,
+}
+
+impl<F: ClientFactory> KubeVirtSpi<F> {
+    async fn apis(&self, access: &ClusterAccess) -> Result<Apis, SpiError> {
+        let client = self.clients.client(access).await?;
+        let namespace = access.namespace.as_str();
+        Ok(Apis {
+            vms: Api::namespaced(client.clone(), namespace),
+            vmis: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
+        })
+    }
+
+    async fn status_of(&self, apis: &Apis, name: &str) -> Result<VmStatus, SpiError> {
+        let vmi = apis
+            .vmis
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("get VirtualMachineInstance {name:?}"), e))?;
+        Ok(VmStatus {
+            provider_id: encode_provider_id(name),
+            node_name: name.to_owned(),
+            addresses: addresses(vmi),
+        })
+    }
+
+    /// Creates the userdata Secret, or brings the one an earlier attempt wrote up to date.
+    async fn ensure_user_data_secret(
+        &self,
+        apis: &Apis,
+        ownership: &Ownership,
+        secret: &Secret,
+    ) -> Result<(), SpiError> {
+        let name = secret.name_any();
+        let action = || format!("create userdata Secret {name:?}");
+        let error = match apis.secrets.create(&PostParams::default(), secret).await {
+            Ok(_) => return Ok(()),
+            Err(error) if is_conflict(&error) => error,
+            Err(error) => return Err(api_error(action(), error)),
+        };
+        debug!(secret = %name, "userdata Secret exists: {error}");
+        let existing = apis
+            .secrets
+            .get(&name)
+            .await
+            .map_err(|e| api_error(action(), e))?;
+        if ownership.owner_of(existing.metadata.labels.as_ref()) != Owner::Ours {
+            return Err(SpiError::NotOwned {
+                kind: "Secret",
+                name,
+            });
+        }
+        if existing.data != secret.data {
+            let patch = json!({ "data": secret.data });
+            apis.secrets
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| api_error(format!("update userdata Secret {name:?}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the VM the userdata Secret's owner, so deleting the VM collects the Secret.
+    async fn adopt_user_data_secret(
+        &self,
+        apis: &Apis,
+        vm: &VirtualMachine,
+        secret_name: &str,
+    ) -> Result<(), SpiError> {
+        let Some(uid) = vm.meta().uid.clone() else {
+            return Ok(());
+        };
+        let owner = OwnerReference {
+            api_version: VirtualMachine::api_version(&()).into_owned(),
+            kind: VirtualMachine::kind(&()).into_owned(),
+            name: vm.name_any(),
+            uid,
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let current = apis
+            .secrets
+            .get(secret_name)
+            .await
+            .map_err(|e| api_error(format!("get userdata Secret {secret_name:?}"), e))?;
+        if current.owner_references().contains(&owner) {
+            return Ok(());
+        }
+        let patch = json!({ "metadata": { "ownerReferences": [owner] } });
+        apis.secrets
+            .patch(secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| api_error(format!("set owner of userdata Secret {secret_name:?}"), e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<F: ClientFactory> PluginSpi for KubeVirtSpi<F> {
+    async fn create_machine(&self, request: &CreateRequest) -> Result<VmStatus, SpiError> {
+        let composed = compose_machine(request)?;
+        let apis = self.apis(&request.secret.access).await?;
+        let ownership = &request.ownership;
+        let name = ownership.machine_name.as_str();
+        let secret_name = composed.user_data_secret.name_any();
+        let get_action = || format!("get VirtualMachine {name:?}");
+
+        let existing = apis
+            .vms
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(get_action(), e))?;
+        let vm = match existing {
+            Some(vm) => match ownership.owner_of(vm.metadata.labels.as_ref()) {
+                // The Go provider's VMs have their own timestamped userdata Secrets.
+                Owner::Legacy => return self.status_of(&apis, name).await,
+                Owner::Foreign => {
+                    return Err(SpiError::NotOwned {
+                        kind: "VirtualMachine",
+                        name: name.to_owned(),
+                    });
+                }
+                Owner::Ours => {
+                    self.ensure_user_data_secret(&apis, ownership, &composed.user_data_secret)
+                        .await?;
+                    vm
+                }
+            },
+            None => {
+                self.ensure_user_data_secret(&apis, ownership, &composed.user_data_secret)
+                    .await?;
+                match apis.vms.create(&PostParams::default(), &composed.vm).await {
+                    Ok(vm) => vm,
+                    // Another attempt won the race; it is ours if its labels say so.
+                    Err(error) if is_conflict(&error) => {
+                        let vm = apis
+                            .vms
+                            .get(name)
+                            .await
+                            .map_err(|e| api_error(get_action(), e))?;
+                        if ownership.owner_of(vm.metadata.labels.as_ref()) != Owner::Ours {
+                            return Err(SpiError::NotOwned {
+                                kind: "VirtualMachine",
+                                name: name.to_owned(),
+                            });
+                        }
+                        vm
+                    }
+                    Err(error) => {
+                        return Err(api_error(format!("create VirtualMachine {name:?}"), error));
+                    }
+                }
+            }
+        };
+        self.adopt_user_data_secret(&apis, &vm, &secret_name)
+            .await?;
+        self.status_of(&apis, name).await
+    }
+
+    async fn delete_machine(&self, machine: &MachineRef) -> Result<DeleteOutcome, SpiError> {
+        let apis = self.apis(&machine.access).await?;
+        let ownership = &machine.ownership;
+        let name = ownership.machine_name.as_str();
+        let mut deleted_something = false;
+
+        let vm = apis
+            .vms
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("get VirtualMachine {name:?}"), e))?;
+        if let Some(vm) = vm {
+            if ownership.owner_of(vm.metadata.labels.as_ref()) == Owner::Foreign {
+                return Ok(DeleteOutcome::NotOwned);
+            }
+            // The precondition keeps a VM re-created under this name by someone else safe.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: vm.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match apis.vms.delete(name, &params).await {
+                Ok(_) => deleted_something = true,
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => {
+                    return Err(api_error(format!("delete VirtualMachine {name:?}"), error));
+                }
+            }
+        }
+
+        // Normally collected through its owner reference; deleted here as well because a
+        // create interrupted before the VM existed leaves it without one.
+        let secret_name = user_data_secret_name(name);
+        let secret = apis
+            .secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(|e| api_error(format!("get userdata Secret {secret_name:?}"), e))?;
+        if let Some(secret) = secret
+            && ownership.owner_of(secret.metadata.labels.as_ref()) == Owner::Ours
+        {
+            match apis
+                .secrets
+                .delete(&secret_name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => deleted_something = true,
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => {
+                    return Err(api_error(
+                        format!("delete userdata Secret {secret_name:?}"),
+                        error,
+                    ));
+                }
+            }
+        }
+        Ok(if deleted_something {
+            DeleteOutcome::Deleted
+        } else {
+            DeleteOutcome::AlreadyGone
+        })
+    }
+
+    async fn get_machine_status(&self, machine: &MachineRef) -> Result<VmStatus, SpiError> {
+        let apis = self.apis(&machine.access).await?;
+        let name = machine.ownership.machine_name.as_str();
+        let vm = apis
+            .vms
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(format!("get VirtualMachine {name:?}"), e))?
+            .ok_or_else(|| SpiError::NotFound(name.to_owned()))?;
+        if machine.ownership.owner_of(vm.metadata.labels.as_ref()) == Owner::Foreign {
+            return Err(SpiError::NotOwned {
+                kind: "VirtualMachine",
+                name: name.to_owned(),
+            });
+        }
+        self.status_of(&apis, name).await
+    }
+
+    async fn list_machines(
+        &self,
+        request: &ListRequest,
+    ) -> Result<BTreeMap<String, String>, SpiError> {
+        let apis = self.apis(&request.access).await?;
+        let mut params = ListParams::default()
+            .labels(&cluster_selector(&request.cluster))
+            .limit(500);
+        let mut machines = BTreeMap::new();
+        loop {
+            let page = apis
+                .vms
+                .list(&params)
+                .await
+                .map_err(|e| api_error("list VirtualMachines", e))?;
+            for vm in &page.items {
+                let name = vm.name_any();
+                let machine = vm
+                    .labels()
+                    .get(MACHINE_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| name.clone());
+                machines.insert(encode_provider_id(&name), machine);
+            }
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        Ok(machines)
+    }
+}

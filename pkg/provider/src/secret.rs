@@ -1,0 +1,288 @@
+//! The provider secret: `kubeconfig` of the KubeVirt cluster and the machine's `userData`.
+//!
+//! Both values are credentials or carry them (bootstrap tokens live in userData), so this
+//! type never prints them: its `Debug` is redacted and parse errors never quote the input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::Kubeconfig;
+
+use crate::field::{FieldError, FieldErrorKind, FieldErrors, FieldPath};
+
+pub const KUBECONFIG_KEY: &str = "kubeconfig";
+pub const USER_DATA_KEY: &str = "userData";
+
+/// A Secret's data is capped at 1 MiB by the API server; the userdata Secret this provider
+/// writes also holds SSH keys, so leave room for them.
+pub const MAX_USER_DATA_BYTES: usize = 1024 * 1024 - 64 * 1024;
+
+/// Where the VMs live: the KubeVirt cluster's kubeconfig and its current context's namespace.
+#[derive(Clone)]
+pub struct ClusterAccess {
+    pub kubeconfig: Kubeconfig,
+    pub namespace: String,
+}
+
+impl fmt::Debug for ClusterAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterAccess")
+            .field("kubeconfig", &"<redacted>")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// The secret data CreateMachine needs, after validation.
+#[derive(Clone)]
+pub struct ProviderSecret {
+    pub access: ClusterAccess,
+    pub user_data: Vec<u8>,
+}
+
+impl fmt::Debug for ProviderSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSecret")
+            .field("access", &self.access)
+            .field(
+                "user_data",
+                &format_args!("<{} bytes redacted>", self.user_data.len()),
+            )
+            .finish()
+    }
+}
+
+fn data_root() -> FieldPath {
+    FieldPath::new("secret").child("data")
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, ByteString> {
+    secret.data.clone().unwrap_or_default()
+}
+
+impl ClusterAccess {
+    /// Validates only the kubeconfig: enough to find, list and delete VMs.
+    pub fn from_secret(secret: &Secret) -> Result<ClusterAccess, FieldErrors> {
+        Self::from_data(&secret_data(secret))
+    }
+
+    pub fn from_data(data: &BTreeMap<String, ByteString>) -> Result<ClusterAccess, FieldErrors> {
+        let path = data_root().child(KUBECONFIG_KEY);
+        match data.get(KUBECONFIG_KEY).map(|bytes| bytes.0.as_slice()) {
+            None | Some([]) => Err(FieldError::required(&path, "cannot be empty").into()),
+            Some(bytes) => {
+                parse_kubeconfig(bytes).map_err(|detail| FieldError::invalid(&path, detail).into())
+            }
+        }
+    }
+}
+
+impl ProviderSecret {
+    /// Validates the merged secret data MCM hands to the driver.
+    pub fn from_secret(secret: &Secret) -> Result<ProviderSecret, FieldErrors> {
+        Self::from_data(&secret_data(secret))
+    }
+
+    pub fn from_data(data: &BTreeMap<String, ByteString>) -> Result<ProviderSecret, FieldErrors> {
+        let access = ClusterAccess::from_data(data);
+        let mut errors = FieldErrors::default();
+        let user_data_path = data_root().child(USER_DATA_KEY);
+        let user_data = data
+            .get(USER_DATA_KEY)
+            .map(|bytes| bytes.0.clone())
+            .unwrap_or_default();
+        if user_data.is_empty() {
+            errors.push(FieldError::required(&user_data_path, "cannot be empty"));
+        } else if user_data.len() > MAX_USER_DATA_BYTES {
+            errors.push(FieldError::new(
+                FieldErrorKind::TooLong,
+                &user_data_path,
+                format!(
+                    "{} bytes, at most {MAX_USER_DATA_BYTES} fit in the userdata Secret",
+                    user_data.len()
+                ),
+            ));
+        }
+        match (access, errors.into_result()) {
+            (Ok(access), Ok(())) => Ok(ProviderSecret { access, user_data }),
+            (access, user_data_errors) => {
+                let mut all = access.err().unwrap_or_default();
+                all.extend(user_data_errors.err().unwrap_or_default());
+                Err(all)
+            }
+        }
+    }
+}
+
+/// Parses a kubeconfig and resolves the namespace of its current context.
+///
+/// Errors describe the structure only: the YAML parser's messages can quote values,
+/// and those values are tokens and keys.
+fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
+    let kubeconfig = Kubeconfig::from_yaml(text)
+        .map_err(|_| "is not a kubeconfig (YAML parse failed; details withheld as they may quote credentials)".to_owned())?;
+
+    let current = kubeconfig
+        .current_context
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| "has no current-context".to_owned())?;
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|named| named.name == current)
+        .and_then(|named| named.context.as_ref())
+        .ok_or_else(|| format!("current-context {current:?} is not among its contexts"))?;
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|named| named.name == context.cluster)
+        .and_then(|named| named.cluster.as_ref())
+        .ok_or_else(|| {
+            format!(
+                "cluster {:?} of context {current:?} is not among its clusters",
+                context.cluster
+            )
+        })?;
+    if cluster.server.as_deref().is_none_or(str::is_empty) {
+        return Err(format!("cluster {:?} has no server", context.cluster));
+    }
+    let namespace = context
+        .namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    Ok(ClusterAccess {
+        kubeconfig,
+        namespace,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const TOKEN: &str = "s3cr3t-t0ken-value";
+
+    pub(crate) fn kubeconfig_yaml(namespace: Option<&str>) -> String {
+        let ns = namespace
+            .map(|ns| format!("\n    namespace: {ns}"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1
+kind: Config
+current-context: infra
+clusters:
+- name: infra
+  cluster:
+    server: https://127.0.0.1:6443
+    insecure-skip-tls-verify: true
+contexts:
+- name: infra
+  context:
+    cluster: infra
+    user: admin{ns}
+users:
+- name: admin
+  user:
+    token: {TOKEN}
+"
+        )
+    }
+
+    fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn valid_secret_resolves_the_context_namespace() {
+        let kc = kubeconfig_yaml(Some("vms"));
+        let secret = ProviderSecret::from_data(&data(&[
+            ("kubeconfig", kc.as_bytes()),
+            ("userData", b"#cloud-config\n"),
+        ]))
+        .unwrap();
+        assert_eq!(secret.access.namespace, "vms");
+        let kc = kubeconfig_yaml(None);
+        let secret =
+            ProviderSecret::from_data(&data(&[("kubeconfig", kc.as_bytes()), ("userData", b"x")]))
+                .unwrap();
+        assert_eq!(secret.access.namespace, "default");
+        let access = ClusterAccess::from_data(&data(&[("kubeconfig", kc.as_bytes())])).unwrap();
+        assert_eq!(access.namespace, "default");
+    }
+
+    #[test]
+    fn missing_keys_are_each_named() {
+        let err = ProviderSecret::from_data(&BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secret.data.kubeconfig: Required value"),
+            "{err}"
+        );
+        assert!(
+            err.contains("secret.data.userData: Required value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_kubeconfig_is_named_without_quoting_it() {
+        for bad in [
+            "{not yaml: [".to_owned(),
+            format!("token: {TOKEN}\nclusters: 7"),
+            kubeconfig_yaml(None).replace("current-context: infra", "current-context: other"),
+            kubeconfig_yaml(None).replace("server: https://127.0.0.1:6443", "server: ''"),
+        ] {
+            let err = ProviderSecret::from_data(&data(&[
+                ("kubeconfig", bad.as_bytes()),
+                ("userData", b"x"),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("secret.data.kubeconfig: Invalid value"),
+                "{err}"
+            );
+            assert!(!err.contains(TOKEN), "{err}");
+        }
+        let err =
+            ProviderSecret::from_data(&data(&[("kubeconfig", &[0xff, 0xfe]), ("userData", b"x")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn oversized_user_data_is_rejected() {
+        let kc = kubeconfig_yaml(None);
+        let big = vec![b'a'; MAX_USER_DATA_BYTES + 1];
+        let err =
+            ProviderSecret::from_data(&data(&[("kubeconfig", kc.as_bytes()), ("userData", &big)]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("secret.data.userData: Too long"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let kc = kubeconfig_yaml(None);
+        let secret = ProviderSecret::from_data(&data(&[
+            ("kubeconfig", kc.as_bytes()),
+            ("userData", b"#cloud-config\npassword: hunter2\n"),
+        ]))
+        .unwrap();
+        let shown = format!("{secret:?}");
+        assert!(
+            !shown.contains(TOKEN) && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}
