@@ -89,12 +89,14 @@ pub fn render(args: &RenderArgs) -> Result<String> {
     };
     let mut composed =
         compose_machine(&request).map_err(|e| anyhow::anyhow!("invalid input: {e}"))?;
-    if !args.include_secret_data
-        && let Some(data) = composed.user_data_secret.data.as_mut()
-    {
-        for value in data.values_mut() {
-            *value = ByteString(format!("<redacted: {} bytes>", value.0.len()).into_bytes());
-        }
+    if !args.include_secret_data {
+        // Shown as stringData so the placeholder reads as text, not as base64.
+        let data = composed.user_data_secret.data.take().unwrap_or_default();
+        let redacted = data
+            .into_iter()
+            .map(|(key, value)| (key, format!("<redacted: {} bytes>", value.0.len())))
+            .collect();
+        composed.user_data_secret.string_data = Some(redacted);
     }
     let vm = serde_saphyr::to_string(&composed.vm).context("cannot print the VirtualMachine")?;
     let secret =
