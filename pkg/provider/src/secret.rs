@@ -162,35 +162,17 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    pub(crate) const TOKEN: &str = "s3cr3t-t0ken-value";
+    use crate::testing::TOKEN;
 
-    pub(crate) fn kubeconfig_yaml(namespace: Option<&str>) -> String {
-        let ns = namespace
-            .map(|ns| format!("\n    namespace: {ns}"))
-            .unwrap_or_default();
-        format!(
-            "apiVersion: v1
-kind: Config
-current-context: infra
-clusters:
-- name: infra
-  cluster:
-    server: https://127.0.0.1:6443
-    insecure-skip-tls-verify: true
-contexts:
-- name: infra
-  context:
-    cluster: infra
-    user: admin{ns}
-users:
-- name: admin
-  user:
-    token: {TOKEN}
-"
-        )
+    fn kubeconfig_yaml(namespace: Option<&str>) -> String {
+        let yaml = crate::testing::kubeconfig_yaml(namespace.unwrap_or(""));
+        match namespace {
+            Some(_) => yaml,
+            None => yaml.replace("    namespace: \n", ""),
+        }
     }
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {

@@ -282,3 +282,183 @@ fn validate_quantities(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use crate::provider_spec::decode_provider_spec;
+    use crate::testing::provider_spec_json;
+
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+
+    /// Applies `edit` to the valid sample and returns the decode error text.
+    fn rejection(edit: impl FnOnce(&mut Value)) -> String {
+        let mut spec = provider_spec_json();
+        edit(&mut spec);
+        decode_provider_spec(&spec)
+            .map(|_| String::new())
+            .unwrap_or_else(|errors| errors.to_string())
+    }
+
+    #[test]
+    fn the_sample_is_valid() {
+        assert_eq!(rejection(|_| {}), "");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "providerSpec.region: Required value",
+                Box::new(|s| s["region"] = json!("")),
+            ),
+            (
+                "providerSpec.zone: Required value",
+                Box::new(|s| {
+                    s.as_object_mut().unwrap().remove("zone");
+                }),
+            ),
+            (
+                "providerSpec.resources.requests.memory: Required value",
+                Box::new(|s| s["resources"]["requests"]["memory"] = json!("0")),
+            ),
+            (
+                "providerSpec.resources.requests.cpu: Required value",
+                Box::new(|s| {
+                    s["resources"]["requests"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("cpu");
+                }),
+            ),
+            (
+                "providerSpec.resources.limits.memory: Invalid value",
+                Box::new(|s| s["resources"]["limits"]["memory"] = json!("8 gigs")),
+            ),
+            (
+                "providerSpec.rootVolume.pvc: Required value",
+                Box::new(|s| s["rootVolume"] = json!({"source": {"blank": {}}})),
+            ),
+            (
+                "providerSpec.rootVolume.pvc.resources.requests.storage: Required value",
+                Box::new(|s| s["rootVolume"]["pvc"]["resources"] = json!({})),
+            ),
+            (
+                "providerSpec.rootVolume: Invalid value: only one of pvc and storage",
+                Box::new(|s| s["rootVolume"]["storage"] = json!({})),
+            ),
+            (
+                "providerSpec.additionalVolumes[0].dataVolume.pvc.resources.requests.storage: Invalid value",
+                Box::new(|s| {
+                    s["additionalVolumes"][0]["dataVolume"]["pvc"]["resources"]["requests"]["storage"] =
+                        json!("lots")
+                }),
+            ),
+            (
+                "providerSpec.additionalVolumes[0].name: Required value",
+                Box::new(|s| s["additionalVolumes"][0]["name"] = json!("")),
+            ),
+            (
+                "providerSpec.additionalVolumes[1].name: Duplicate value",
+                Box::new(|s| {
+                    let v = s["additionalVolumes"][0].clone();
+                    s["additionalVolumes"].as_array_mut().unwrap().push(v);
+                }),
+            ),
+            (
+                "providerSpec.additionalVolumes[0]: Invalid value: exactly one of dataVolume and volumeSource",
+                Box::new(|s| {
+                    s["additionalVolumes"][0]["volumeSource"] = json!({"configMap": {"name": "c"}})
+                }),
+            ),
+            (
+                "providerSpec.additionalVolumes[0].volumeSource: Invalid value",
+                Box::new(|s| s["additionalVolumes"][0] = json!({"name": "x", "volumeSource": {}})),
+            ),
+            (
+                "providerSpec.dnsPolicy: Invalid value",
+                Box::new(|s| s["dnsPolicy"] = json!("ClusterLast")),
+            ),
+            (
+                "providerSpec.dnsConfig: Required value",
+                Box::new(|s| {
+                    s["dnsPolicy"] = json!("None");
+                    s.as_object_mut().unwrap().remove("dnsConfig");
+                }),
+            ),
+            (
+                "providerSpec.dnsConfig.nameservers: Required value",
+                Box::new(|s| {
+                    s["dnsPolicy"] = json!("None");
+                    s["dnsConfig"] = json!({"searches": ["a"]});
+                }),
+            ),
+            (
+                "providerSpec.devices.disks[0].bootOrder: Forbidden",
+                Box::new(|s| {
+                    s["devices"]["disks"] = json!([{"name": "root-disk", "bootOrder": 1}])
+                }),
+            ),
+            (
+                "providerSpec.devices.disks[0].name: Invalid value",
+                Box::new(|s| s["devices"]["disks"] = json!([{"name": "nope"}])),
+            ),
+            (
+                "providerSpec.devices.disks[1].name: Duplicate value",
+                Box::new(|s| s["devices"]["disks"] = json!([{"name": "data"}, {"name": "data"}])),
+            ),
+            (
+                "providerSpec.devices.disks: Invalid value: 3 disks for 2 volumes",
+                Box::new(|s| {
+                    s["devices"]["disks"] =
+                        json!([{"name": "root-disk"}, {"name": "data"}, {"name": "x"}])
+                }),
+            ),
+            (
+                "providerSpec.networks[0].name: Required value",
+                Box::new(|s| s["networks"] = json!([{"name": ""}])),
+            ),
+            (
+                "providerSpec.networks[0].name: Invalid value",
+                Box::new(|s| s["networks"] = json!([{"name": "a/b/c"}])),
+            ),
+            (
+                "providerSpec.networks: Invalid value: at most one network",
+                Box::new(|s| {
+                    s["networks"] =
+                        json!([{"name": "a", "default": true}, {"name": "b", "default": true}])
+                }),
+            ),
+            (
+                "providerSpec.sshKeys[0]: Required value",
+                Box::new(|s| s["sshKeys"] = json!(["  "])),
+            ),
+            (
+                "providerSpec.tags[mcm.gardener.cloud/role]: Invalid value",
+                Box::new(|s| s["tags"]["mcm.gardener.cloud/role"] = json!("node,")),
+            ),
+            (
+                "providerSpec.tags[bad key!]: Invalid value",
+                Box::new(|s| s["tags"]["bad key!"] = json!("v")),
+            ),
+            (
+                "providerSpec.tags[kubevirt.provider.machine.sapcloud.io/cluster]: Forbidden",
+                Box::new(|s| {
+                    s["tags"]["kubevirt.provider.machine.sapcloud.io/cluster"] = json!("x")
+                }),
+            ),
+            (
+                "providerSpec.tags[app.kubernetes.io/managed-by]: Forbidden",
+                Box::new(|s| s["tags"]["app.kubernetes.io/managed-by"] = json!("me")),
+            ),
+        ];
+        for (expected, edit) in cases {
+            let error = rejection(edit);
+            assert!(
+                error.contains(expected),
+                "expected {expected:?} in {error:?}"
+            );
+        }
+    }
+}
