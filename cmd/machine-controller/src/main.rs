@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine and userdata Secret CreateMachine would write, as YAML.
     Render(render::RenderArgs),
+    /// Print the JSON schema of the MachineClass providerSpec.
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -32,5 +34,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Schema => {
+            let schema = mcm_provider_kubevirt::provider_spec::provider_spec_schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }

@@ -103,3 +103,15 @@ fn bad_input_fails_with_the_field_named() {
     assert!(err.contains("--machine-name"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn schema_command_prints_the_provider_spec_schema() {
+    let out = Command::cargo_bin("machine-controller")
+        .unwrap()
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["rootVolume"].is_object(), "{schema}");
+}

@@ -128,6 +128,11 @@ pub struct NetworkSpec {
     pub default: bool,
 }
 
+/// JSON schema of `providerSpec`, for editors and admission tooling.
+pub fn provider_spec_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(KubeVirtProviderSpec)).unwrap_or(Value::Null)
+}
+
 /// The root of every path in provider spec errors.
 pub fn spec_root() -> FieldPath {
     FieldPath::new("providerSpec")
@@ -336,6 +341,31 @@ mod tests {
             let err = decode_provider_spec(&raw).unwrap_err().to_string();
             assert!(err.starts_with("providerSpec: Invalid value"), "{err}");
         }
+    }
+
+    #[test]
+    fn schema_describes_every_top_level_field_and_forbids_others() {
+        let schema = provider_spec_schema();
+        let properties = schema["properties"].as_object().unwrap();
+        for field in [
+            "region",
+            "zone",
+            "resources",
+            "devices",
+            "rootVolume",
+            "additionalVolumes",
+            "sshKeys",
+            "networks",
+            "cpu",
+            "memory",
+            "dnsPolicy",
+            "dnsConfig",
+            "tags",
+        ] {
+            assert!(properties.contains_key(field), "{field}");
+        }
+        assert_eq!(properties.len(), 13);
+        assert_eq!(schema["additionalProperties"], json!(false));
     }
 
     #[test]
