@@ -138,8 +138,9 @@ pub fn spec_root() -> FieldPath {
     FieldPath::new("providerSpec")
 }
 
-/// Decodes a MachineClass `providerSpec`, reporting type errors and unknown fields by
-/// path. Semantic checks are [`crate::validation::validate_provider_spec`]'s.
+/// Decodes a MachineClass `providerSpec` and validates it
+/// ([`crate::validation::validate_provider_spec`]), reporting type errors, unknown fields
+/// and rule violations by path.
 pub fn decode_provider_spec(raw: &Value) -> Result<KubeVirtProviderSpec, FieldErrors> {
     let root = spec_root();
     if !raw.is_object() {

@@ -82,6 +82,16 @@ fn setup() -> (FakeApiServer, KubeVirtSpi<FakeClients>) {
     (server.clone(), KubeVirtSpi::new(FakeClients(server)))
 }
 
+/// A VirtualMachine created by someone else, with the given labels.
+fn vm_object(name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"template": {}}
+    })
+}
+
 fn labels_of(object: &Value) -> BTreeMap<String, String> {
     serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default()
 }
@@ -170,8 +180,7 @@ async fn create_after_a_failure_between_writes_completes_the_work() {
 #[tokio::test]
 async fn create_never_takes_over_foreign_objects() {
     let (server, spi) = setup();
-    server.insert(VMS, json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "m-1", "namespace": NS, "labels": {"app": "someone-else"}}, "spec": {"template": {}}}));
+    server.insert(VMS, vm_object("m-1", json!({"app": "someone-else"})));
     let error = spi
         .create_machine(&create_request("m-1"))
         .await
@@ -225,8 +234,7 @@ async fn status_is_not_found_for_a_missing_vm_and_reports_vmi_addresses() {
 #[tokio::test]
 async fn status_adopts_vms_of_the_go_provider() {
     let (server, spi) = setup();
-    server.insert(VMS, json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "m-1", "namespace": NS, "labels": {"kubevirt.io/vm": "m-1"}}, "spec": {"template": {}}}));
+    server.insert(VMS, vm_object("m-1", json!({"kubevirt.io/vm": "m-1"})));
     let status = spi.get_machine_status(&machine_ref("m-1")).await.unwrap();
     assert_eq!(status.provider_id, "kubevirt://m-1");
 }
@@ -275,11 +283,7 @@ async fn delete_collects_a_secret_left_by_an_interrupted_create() {
 #[tokio::test]
 async fn delete_leaves_foreign_vms_alone() {
     let (server, spi) = setup();
-    server.insert(
-        VMS,
-        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "m-1", "namespace": NS}, "spec": {"template": {}}}),
-    );
+    server.insert(VMS, vm_object("m-1", json!({})));
     assert_eq!(
         spi.delete_machine(&machine_ref("m-1")).await.unwrap(),
         DeleteOutcome::NotOwned
@@ -299,13 +303,11 @@ async fn list_returns_only_this_clusters_vms_across_pages() {
     let mut other = create_request("other-1");
     other.ownership.cluster = "shoot--other--cluster".into();
     spi.create_machine(&other).await.unwrap();
+    server.insert(VMS, vm_object("pets", json!({})));
     server.insert(
         VMS,
-        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "pets", "namespace": NS}, "spec": {"template": {}}}),
+        vm_object("legacy", json!({"kubevirt.io/vm": "legacy"})),
     );
-    server.insert(VMS, json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "legacy", "namespace": NS, "labels": {"kubevirt.io/vm": "legacy"}}, "spec": {"template": {}}}));
     server.clear_requests();
 
     let listed = spi
