@@ -375,3 +375,28 @@ async fn api_failures_map_to_mcm_codes() {
         assert_eq!(error.code(), code, "{error}");
     }
 }
+
+#[tokio::test]
+async fn delete_removes_vms_of_the_go_provider() {
+    let (server, spi) = setup();
+    server.insert(VMS, vm_object("m-1", json!({"kubevirt.io/vm": "m-1"})));
+    assert_eq!(
+        spi.delete_machine(&machine_ref("m-1")).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert!(server.names(VMS).is_empty());
+}
+
+#[tokio::test]
+async fn ssh_keys_with_a_shell_script_user_data_fail_before_any_write() {
+    let (server, spi) = setup();
+    let mut request = create_request("m-1");
+    request.secret.user_data = b"#!/bin/bash\necho hi\n".to_vec();
+    let error = spi.create_machine(&request).await.unwrap_err();
+    assert_eq!(error.code(), MachineCode::InvalidArgument);
+    assert!(
+        error.to_string().contains("providerSpec.sshKeys"),
+        "{error}"
+    );
+    assert!(server.requests().is_empty());
+}
