@@ -95,7 +95,7 @@ async fn create_rejects_unknown_fields_and_bad_secrets_together() {
     spec["zonee"] = json!("x");
     let mut req = request("m-1");
     req.machine_class = testing::machine_class_with(spec);
-    req.secret = testing::secret_with(&[("kubeconfig", &testing::kubeconfig_yaml("vms"))]);
+    req.secret = testing::secret_with(&[("kubeconfig", &testing::kubeconfig_yaml(Some("vms")))]);
     let err = no_spi_calls().create_machine(&req).await.unwrap_err();
     assert_eq!(err.code, MachineCode::InvalidArgument);
     assert!(
@@ -220,7 +220,7 @@ async fn delete_reports_each_outcome_as_success() {
 async fn delete_needs_only_the_kubeconfig() {
     let mut req = request("m-1");
     req.machine_class = testing::machine_class_with(json!({"region": 5, "bogus": true}));
-    req.secret = testing::secret_with(&[("kubeconfig", &testing::kubeconfig_yaml("vms"))]);
+    req.secret = testing::secret_with(&[("kubeconfig", &testing::kubeconfig_yaml(Some("vms")))]);
     let mut spi = MockPluginSpi::new();
     spi.expect_delete_machine()
         .times(1)

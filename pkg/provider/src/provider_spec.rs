@@ -226,43 +226,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    pub(crate) fn go_provider_sample() -> Value {
-        json!({
-            "region": "local",
-            "zone": "local-1",
-            "resources": {
-                "requests": {"cpu": 1, "memory": "4096Mi"},
-                "limits": {"cpu": 2, "memory": "8Gi"}
-            },
-            "rootVolume": {
-                "pvc": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "8Gi"}},
-                    "storageClassName": "standard"
-                },
-                "source": {"http": {"url": "https://example.org/image.img"}}
-            },
-            "additionalVolumes": [{
-                "name": "data",
-                "dataVolume": {
-                    "pvc": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": "10Gi"}},
-                        "storageClassName": "standard"
-                    },
-                    "source": {"blank": {}}
-                }
-            }],
-            "sshKeys": ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAACAQDdOIhYmzCK5DSVLu3b"],
-            "networks": [{"name": "default/net-conf"}],
-            "cpu": {"cores": 1, "sockets": 2, "threads": 1},
-            "memory": {"hugepages": {"pageSize": "2Mi"}},
-            "devices": {"blockMultiQueue": false, "networkInterfaceMultiqueue": true, "rng": {}},
-            "dnsPolicy": "ClusterFirst",
-            "dnsConfig": {"nameservers": ["8.8.8.8"]},
-            "tags": {"mcm.gardener.cloud/role": "node"}
-        })
-    }
+    use crate::testing::provider_spec_json as go_provider_sample;
 
     #[test]
     fn go_provider_spec_decodes_unchanged() {

@@ -165,15 +165,7 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
 mod tests {
     use super::*;
 
-    use crate::testing::TOKEN;
-
-    fn kubeconfig_yaml(namespace: Option<&str>) -> String {
-        let yaml = crate::testing::kubeconfig_yaml(namespace.unwrap_or(""));
-        match namespace {
-            Some(_) => yaml,
-            None => yaml.replace("    namespace: \n", ""),
-        }
-    }
+    use crate::testing::{TOKEN, kubeconfig_yaml};
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
         pairs

@@ -69,7 +69,11 @@ pub fn machine_class() -> MachineClass {
     machine_class_with(provider_spec_json())
 }
 
-pub fn kubeconfig_yaml(namespace: &str) -> String {
+/// A token kubeconfig for 127.0.0.1; `namespace` is the current context's, if any.
+pub fn kubeconfig_yaml(namespace: Option<&str>) -> String {
+    let namespace = namespace
+        .map(|ns| format!("\n    namespace: {ns}"))
+        .unwrap_or_default();
     format!(
         "apiVersion: v1
 kind: Config
@@ -83,8 +87,7 @@ contexts:
 - name: infra
   context:
     cluster: infra
-    user: admin
-    namespace: {namespace}
+    user: admin{namespace}
 users:
 - name: admin
   user:
@@ -106,7 +109,7 @@ pub fn secret_with(pairs: &[(&str, &str)]) -> Secret {
 
 pub fn secret() -> Secret {
     secret_with(&[
-        ("kubeconfig", &kubeconfig_yaml("vms")),
+        ("kubeconfig", &kubeconfig_yaml(Some("vms"))),
         ("userData", USER_DATA),
     ])
 }
