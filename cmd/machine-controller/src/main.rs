@@ -1,16 +1,28 @@
-//! `machine-controller`: the KubeVirt provider of the Gardener machine-controller-manager.
+//! `machine-controller`: the KubeVirt provider sidecar of the Gardener
+//! machine-controller-manager. Without a subcommand it runs the sidecar with MCM's flags;
+//! `render` and `schema` work without a cluster.
 
 mod render;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use mcm_machine_controller::Options;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "machine-controller", version, about)]
+#[command(
+    name = "machine-controller",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    options: Options,
 }
 
 #[derive(Debug, Subcommand)]
@@ -21,10 +33,56 @@ enum Command {
     Schema,
 }
 
+/// `--v` as a tracing filter: klog's 0-3 are info, 4-5 debug, 6+ trace. RUST_LOG wins.
+fn init_logging(options: &Options) {
+    let level = match options.verbosity {
+        0..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,machine_controller={level},mcm_machine_controller={level},mcm_provider_kubevirt={level},kube_lease_manager=info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if options.logging_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_sidecar(options: Options) -> ExitCode {
+    if let Err(errors) = options.validate() {
+        for error in errors {
+            eprintln!("error: {error}");
+        }
+        return ExitCode::from(2);
+    }
+    init_logging(&options);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let driver = Arc::new(mcm_provider_kubevirt::kubevirt_driver());
+    match runtime.block_on(mcm_machine_controller::run::run(options, driver)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Render(args) => match render::render(&args) {
+        None => run_sidecar(cli.options),
+        Some(Command::Render(args)) => match render::render(&args) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -34,7 +92,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Schema => {
+        Some(Command::Schema) => {
             let schema = mcm_provider_kubevirt::provider_spec::provider_spec_schema();
             match serde_json::to_string_pretty(&schema) {
                 Ok(text) => {

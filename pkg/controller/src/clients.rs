@@ -1,0 +1,113 @@
+//! Clients of the control and target clusters from the sidecar's kubeconfig flags.
+//!
+//! A kubeconfig whose user has a `tokenFile` (Gardener's generic token kubeconfig) is
+//! re-read by kube's client itself, at the latest a minute after the file changes, so
+//! rotated tokens are picked up without a restart.
+
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::options::{IN_CLUSTER_CONFIG, Options, TARGET_KUBECONFIG_DISABLED};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{flag}: cannot read kubeconfig {path:?}: {source}")]
+    Kubeconfig {
+        flag: &'static str,
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("{flag}: in-cluster configuration unavailable (not running in a Pod?): {source}")]
+    InCluster {
+        flag: &'static str,
+        source: kube::config::InClusterError,
+    },
+    #[error("{flag}: cannot build a client: {source}")]
+    Client {
+        flag: &'static str,
+        source: kube::Error,
+    },
+    #[error("{what} API server at {url} is unreachable: {source}")]
+    Unreachable {
+        what: &'static str,
+        url: String,
+        source: kube::Error,
+    },
+    #[error("{what} API server at {url} does not serve {resource}: {detail}")]
+    MissingResource {
+        what: &'static str,
+        url: String,
+        resource: &'static str,
+        detail: String,
+    },
+}
+
+async fn config_for(flag: &'static str, value: &str) -> Result<Config, ClientError> {
+    if value.is_empty() || value == IN_CLUSTER_CONFIG {
+        return Config::incluster().map_err(|source| ClientError::InCluster { flag, source });
+    }
+    let kubeconfig = Kubeconfig::read_from(value).map_err(|source| ClientError::Kubeconfig {
+        flag,
+        path: value.to_owned(),
+        source,
+    })?;
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| ClientError::Kubeconfig {
+            flag,
+            path: value.to_owned(),
+            source,
+        })
+}
+
+/// Short timeouts: a reconcile must not hang on a dead API server.
+fn with_timeouts(mut config: Config) -> Config {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(60));
+    config
+}
+
+/// The control and target cluster configs, as MCM derives them from the flags:
+/// control defaults to the target's kubeconfig; target `none` means no target cluster.
+pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), ClientError> {
+    let target = if options.target_kubeconfig == TARGET_KUBECONFIG_DISABLED {
+        None
+    } else {
+        Some(config_for("--target-kubeconfig", &options.target_kubeconfig).await?)
+    };
+    let control = match (&target, options.control_kubeconfig.as_str()) {
+        (Some(target), "") => target.clone(),
+        (_, value) => config_for("--control-kubeconfig", value).await?,
+    };
+    Ok((with_timeouts(control), target.map(with_timeouts)))
+}
+
+pub fn client(flag: &'static str, config: Config) -> Result<Client, ClientError> {
+    Client::try_from(config).map_err(|source| ClientError::Client { flag, source })
+}
+
+/// Fails fast, with the server named, when an API server cannot be reached: retried for
+/// `patience` first, since the sidecar may start together with its API server.
+pub async fn ensure_reachable(
+    what: &'static str,
+    client: &Client,
+    url: &str,
+    patience: Duration,
+) -> Result<(), ClientError> {
+    let started = std::time::Instant::now();
+    loop {
+        match client.apiserver_version().await {
+            Ok(_) => return Ok(()),
+            Err(source) if started.elapsed() >= patience => {
+                return Err(ClientError::Unreachable {
+                    what,
+                    url: url.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}

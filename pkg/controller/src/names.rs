@@ -1,0 +1,76 @@
+//! MCM's names as other components read them: finalizers, labels, annotations, phases,
+//! and the lastOperation descriptions the deletion flow persists its step in. These are
+//! wire contracts (the machine-set controller, cluster-autoscaler and Gardener match on
+//! them), so they must stay byte-identical to MCM's.
+
+/// Finalizer on Machines and MachineClasses.
+pub const MCM_FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
+/// Finalizer on Secrets referenced by MachineClasses.
+pub const SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
+/// Finalizer on Nodes backing Machines.
+pub const NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
+
+/// Machine label naming its Node.
+pub const NODE_LABEL: &str = "node";
+/// Node label naming its Machine.
+pub const MACHINE_NAME_LABEL: &str = "node.gardener.cloud/machine-name";
+/// Machine label forcing drain and deletion.
+pub const FORCE_DELETION_LABEL: &str = "force-deletion";
+/// Machine annotation the machine-set controller picks victims by; "3" is the default.
+pub const MACHINE_PRIORITY_ANNOTATION: &str = "machinepriority.machine.sapcloud.io";
+/// Machine annotation overriding the creation timeout (a Go duration).
+pub const EFFECTIVE_CREATION_TIMEOUT_ANNOTATION: &str =
+    "node.machine.sapcloud.io/effective-creation-timeout";
+/// Machine annotation recording how long the node took to join.
+pub const JOIN_DURATION_ANNOTATION: &str = "node.machine.sapcloud.io/machine-join-duration";
+/// Node annotation remembering what the machine's nodeTemplate last applied.
+pub const LAST_APPLIED_ANNOTATION: &str =
+    "node.machine.sapcloud.io/last-applied-anno-labels-taints";
+/// Node taint keeping a Pending machine from Running until Gardener's critical components are up.
+pub const CRITICAL_COMPONENTS_NOT_READY_TAINT: &str =
+    "node.gardener.cloud/critical-components-not-ready";
+/// Node condition set while the machine is being deleted.
+pub const TERMINATING_CONDITION: &str = "Terminating";
+/// Pod annotation of static (mirror) pods, which drain skips.
+pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// `status.currentStatus.phase` values.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const AVAILABLE: &str = "Available";
+    pub const RUNNING: &str = "Running";
+    pub const TERMINATING: &str = "Terminating";
+    pub const UNKNOWN: &str = "Unknown";
+    pub const FAILED: &str = "Failed";
+    pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+}
+
+/// `status.lastOperation.state` values.
+pub mod state {
+    pub const PROCESSING: &str = "Processing";
+    pub const FAILED: &str = "Failed";
+    pub const SUCCESSFUL: &str = "Successful";
+}
+
+/// `status.lastOperation.type` values.
+pub mod operation {
+    pub const CREATE: &str = "Create";
+    pub const DELETE: &str = "Delete";
+    pub const HEALTH_CHECK: &str = "HealthCheck";
+}
+
+/// Deletion steps, persisted in `lastOperation.description` and matched by substring in
+/// this order.
+pub mod step {
+    pub const GET_VM_STATUS: &str = "Set machine status to termination. Now, getting VM Status";
+    pub const INITIATE_DRAIN: &str = "Initiate node drain";
+    pub const DELETE_VOLUME_ATTACHMENTS: &str = "Delete Volume Attachments";
+    pub const INITIATE_VM_DELETION: &str = "Initiate VM deletion";
+    pub const INITIATE_NODE_DELETION: &str = "Initiate node object deletion";
+    pub const INITIATE_FINALIZER_REMOVAL: &str = "Initiate machine object finalizer removal";
+    pub const INSTANCE_INITIALIZATION: &str = "Initialize VM Instance";
+}
+
+/// Bootstrap token placeholders MCM substitutes in userData before calling the driver.
+pub const BOOTSTRAP_TOKEN_PLACEHOLDER: &str = "<<BOOTSTRAP_TOKEN>>";
+pub const MACHINE_NAME_PLACEHOLDER: &str = "<<MACHINE_NAME>>";

@@ -1,0 +1,412 @@
+//! The sidecar's command-line flags: the Go sidecar's names, types and defaults
+//! (MCM `pkg/util/provider/app/options`), so an MCM Deployment's args work unchanged.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+use crate::go_duration::parse_go_duration;
+
+/// `--target-kubeconfig=none`: run without a target cluster (no Nodes, no drain).
+pub const TARGET_KUBECONFIG_DISABLED: &str = "none";
+/// `--control-kubeconfig=inClusterConfig`: the Pod's service account.
+pub const IN_CLUSTER_CONFIG: &str = "inClusterConfig";
+
+/// Every flag the Go sidecar accepts. Flags with no effect here (profiling, content type,
+/// resource lock kind) are accepted so existing Deployments keep starting; see `--help`.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// The port that the controller's http service (/metrics, /healthz) runs on
+    #[arg(long, default_value_t = 10259)]
+    pub port: i32,
+    /// The IP address to serve on (set to 0.0.0.0 for all interfaces)
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// The provider for cloud services (accepted for compatibility; unused)
+    #[arg(long, default_value = "")]
+    pub cloud_provider: String,
+    /// The number of machines reconciled concurrently
+    #[arg(long, default_value_t = 50)]
+    pub concurrent_syncs: i32,
+    /// Resync period of the watches (accepted for compatibility; watches re-list on their own)
+    #[arg(long, default_value = "12h", value_parser = parse_go_duration)]
+    pub min_resync_period: Duration,
+    /// Enable profiling via web interface (accepted for compatibility; no pprof in Rust)
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub profiling: bool,
+    /// Enable lock contention profiling (accepted for compatibility)
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub contention_profiling: bool,
+    /// Filepath to the target cluster's kubeconfig where node objects are expected to join, or "none" if there is no target cluster
+    #[arg(long, default_value = "")]
+    pub target_kubeconfig: String,
+    /// Filepath to the control cluster's kubeconfig where machine objects live, or "inClusterConfig" (default: same as --target-kubeconfig)
+    #[arg(long, default_value = "")]
+    pub control_kubeconfig: String,
+    /// Namespace in the control cluster where the controller looks for Machines, MachineClasses and Secrets
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Content type of requests sent to the API server (accepted for compatibility; JSON is used)
+    #[arg(long, default_value = "application/vnd.kubernetes.protobuf")]
+    pub kube_api_content_type: String,
+    /// QPS to use while talking with the Kubernetes API servers
+    #[arg(long, default_value_t = 20.0)]
+    pub kube_api_qps: f32,
+    /// Burst to use while talking with the Kubernetes API servers
+    #[arg(long, default_value_t = 30)]
+    pub kube_api_burst: i32,
+    /// Interval between starting controller managers
+    #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
+    pub controller_start_interval: Duration,
+    /// Timeout used while joining (during creation) of a machine before it is declared Failed
+    #[arg(long, default_value = "20m", value_parser = parse_go_duration)]
+    pub machine_creation_timeout: Duration,
+    /// Timeout used while re-joining (in case of temporary health issues) of a machine before it is declared Failed
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    pub machine_health_timeout: Duration,
+    /// Timeout used while draining a machine before deletion, beyond which the machine is force-deleted
+    #[arg(long, default_value = "2h", value_parser = parse_go_duration)]
+    pub machine_drain_timeout: Duration,
+    /// Timeout used while updating a machine in-place (accepted for compatibility; in-place updates are not supported)
+    #[arg(long, default_value = "20m", value_parser = parse_go_duration)]
+    pub machine_inplace_update_timeout: Duration,
+    /// Maximum number of times evicts are attempted on a pod before it is forcibly deleted during drain
+    #[arg(long, default_value_t = 360)]
+    pub machine_max_evict_retries: i32,
+    /// Timeout used while waiting for detach of PVs while evicting pods
+    #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
+    pub machine_pv_detach_timeout: Duration,
+    /// Timeout used while waiting for reattach of PVs onto a different node
+    #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
+    pub machine_pv_reattach_timeout: Duration,
+    /// Time the API servers may be unreachable before the machine controller is frozen
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub machine_safety_apiserver_statuscheck_timeout: Duration,
+    /// Duration a failed machine is preserved when annotated (accepted for compatibility; preservation is not supported)
+    #[arg(long, default_value = "96h", value_parser = parse_go_duration)]
+    pub machine_preserve_timeout: Duration,
+    /// Period of the safety controller's orphan VM collection
+    #[arg(long, default_value = "15m", value_parser = parse_go_duration)]
+    pub machine_safety_orphan_vms_period: Duration,
+    /// Period of the safety controller's API server reachability check
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    pub machine_safety_apiserver_statuscheck_period: Duration,
+    /// Comma-separated, case-sensitive node conditions which, when True, make a machine unhealthy
+    #[arg(
+        long,
+        default_value = "KernelDeadlock,ReadonlyFilesystem,DiskPressure,NetworkUnavailable"
+    )]
+    pub node_conditions: String,
+    /// Comma-separated list of groups set as the bootstrap token's "auth-extra-groups"
+    #[arg(long, default_value = "")]
+    pub bootstrap_token_auth_extra_groups: String,
+    /// Retry period when machine creation fails with ResourceExhausted (0 means 10m)
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    pub resource_exhausted_retry: Duration,
+    /// Log verbosity: 0-1 info, 2-3 more info, 4+ debug, 6+ trace
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Per-module verbosity (accepted for compatibility; use RUST_LOG for per-module filters)
+    #[arg(long, default_value = "")]
+    pub vmodule: String,
+    /// Log format: "text" or "json"
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub logging_format: String,
+    /// Maximum seconds between log flushes (accepted for compatibility; logs are not buffered)
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    pub log_flush_frequency: Duration,
+    /// Start a leader election client and gain leadership before running the controllers
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long non-leaders wait after the last renewal before taking over the lease
+    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// Interval in which the leader must renew the lease before it stops leading
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// Interval between attempts to acquire or renew the lease
+    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
+    pub leader_elect_retry_period: Duration,
+    /// Lock kind for leader election; only "leases" is supported
+    #[arg(long, default_value = "leases", value_parser = ["leases", "endpointsleases", "configmapsleases"])]
+    pub leader_elect_resource_lock: String,
+}
+
+/// Parses only the defaults.
+#[derive(Debug, clap::Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    options: Options,
+}
+
+impl Default for Options {
+    /// The flag defaults, as a sidecar started without arguments has them.
+    fn default() -> Self {
+        use clap::Parser;
+        DefaultsOnly::parse_from(["machine-controller"]).options
+    }
+}
+
+/// The cap MCM applies to `--resource-exhausted-retry=0`.
+pub const LONG_RETRY: Duration = Duration::from_secs(10 * 60);
+
+impl Options {
+    /// The checks MCM's `Validate` makes, with the same meaning; all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if !(1..=65535).contains(&self.port) {
+            errors.push(format!(
+                "--port: invalid port number provided: got {}",
+                self.port
+            ));
+        }
+        if self.concurrent_syncs <= 0 {
+            errors.push(format!(
+                "--concurrent-syncs: should be greater than zero: got {}",
+                self.concurrent_syncs
+            ));
+        }
+        if self.contention_profiling && !self.profiling {
+            errors.push(
+                "--contention-profiling: cannot be enabled without enabling --profiling".into(),
+            );
+        }
+        if self.kube_api_qps.is_nan() || self.kube_api_qps <= 0.0 {
+            errors.push(format!(
+                "--kube-api-qps: should be greater than zero: got {}",
+                self.kube_api_qps
+            ));
+        }
+        if self.kube_api_burst < 0 {
+            errors.push(format!(
+                "--kube-api-burst: should not be negative: got {}",
+                self.kube_api_burst
+            ));
+        }
+        if self.machine_max_evict_retries < 0 {
+            errors.push(format!(
+                "--machine-max-evict-retries: should not be negative: got {}",
+                self.machine_max_evict_retries
+            ));
+        }
+        if self.machine_safety_apiserver_statuscheck_period
+            < self.machine_safety_apiserver_statuscheck_timeout
+        {
+            errors.push(
+                "--machine-safety-apiserver-statuscheck-period: should not be less than --machine-safety-apiserver-statuscheck-timeout"
+                    .into(),
+            );
+        }
+        if self.control_kubeconfig.is_empty()
+            && self.target_kubeconfig == TARGET_KUBECONFIG_DISABLED
+        {
+            errors.push(format!(
+                "--control-kubeconfig: cannot be empty if --target-kubeconfig={TARGET_KUBECONFIG_DISABLED} is specified"
+            ));
+        }
+        if self.leader_elect && self.leader_elect_renew_deadline > self.leader_elect_lease_duration
+        {
+            errors.push(
+                "--leader-elect-renew-deadline: must be less than or equal to --leader-elect-lease-duration"
+                    .into(),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Node condition types that make a machine unhealthy when not False.
+    pub fn node_condition_types(&self) -> Vec<String> {
+        split_conditions(&self.node_conditions)
+    }
+
+    /// `--resource-exhausted-retry`, where MCM reads 0 as its long retry.
+    pub fn effective_resource_exhausted_retry(&self) -> Duration {
+        if self.resource_exhausted_retry.is_zero() {
+            LONG_RETRY
+        } else {
+            self.resource_exhausted_retry
+        }
+    }
+}
+
+/// A `--node-conditions`-style list: comma-separated, blanks dropped.
+pub fn split_conditions(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        let mut argv = vec!["machine-controller"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| cli.options)
+    }
+
+    #[test]
+    fn defaults_are_mcm_defaults() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.port, 10259);
+        assert_eq!(o.address.to_string(), "0.0.0.0");
+        assert_eq!(o.namespace, "default");
+        assert_eq!(o.concurrent_syncs, 50);
+        assert_eq!(o.kube_api_qps, 20.0);
+        assert_eq!(o.kube_api_burst, 30);
+        assert_eq!(o.machine_creation_timeout, Duration::from_secs(20 * 60));
+        assert_eq!(o.machine_health_timeout, Duration::from_secs(10 * 60));
+        assert_eq!(o.machine_drain_timeout, Duration::from_secs(2 * 3600));
+        assert_eq!(o.machine_max_evict_retries, 360);
+        assert_eq!(o.machine_pv_detach_timeout, Duration::from_secs(120));
+        assert_eq!(o.machine_pv_reattach_timeout, Duration::from_secs(90));
+        assert_eq!(o.machine_safety_orphan_vms_period, Duration::from_secs(900));
+        assert_eq!(
+            o.machine_safety_apiserver_statuscheck_period,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            o.machine_safety_apiserver_statuscheck_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(o.resource_exhausted_retry, Duration::from_secs(600));
+        assert_eq!(
+            o.node_condition_types(),
+            [
+                "KernelDeadlock",
+                "ReadonlyFilesystem",
+                "DiskPressure",
+                "NetworkUnavailable"
+            ]
+        );
+        assert!(o.leader_elect);
+        assert_eq!(o.leader_elect_lease_duration, Duration::from_secs(15));
+        assert_eq!(o.leader_elect_renew_deadline, Duration::from_secs(10));
+        assert_eq!(o.leader_elect_retry_period, Duration::from_secs(2));
+        assert_eq!(o.verbosity, 0);
+        assert!(o.validate().is_ok());
+    }
+
+    /// The args Gardener's machine-controller-manager Deployment passes to the sidecar.
+    #[test]
+    fn gardener_args_parse() {
+        let o = parse(&[
+            "--control-kubeconfig=inClusterConfig",
+            "--machine-creation-timeout=20m",
+            "--machine-drain-timeout=2h0m0s",
+            "--machine-health-timeout=10m",
+            "--machine-pv-detach-timeout=2m",
+            "--machine-safety-apiserver-statuscheck-timeout=30s",
+            "--machine-safety-apiserver-statuscheck-period=1m",
+            "--machine-safety-orphan-vms-period=30m",
+            "--namespace=shoot--dev--kubevirt",
+            "--port=10259",
+            "--target-kubeconfig=/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig",
+            "--v=3",
+            "--leader-elect=true",
+            "--concurrent-syncs=30",
+            "--kube-api-qps=100",
+            "--kube-api-burst=200",
+        ])
+        .unwrap();
+        assert_eq!(o.control_kubeconfig, IN_CLUSTER_CONFIG);
+        assert_eq!(o.namespace, "shoot--dev--kubevirt");
+        assert_eq!(
+            o.machine_safety_orphan_vms_period,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(o.machine_drain_timeout, Duration::from_secs(7200));
+        assert_eq!(o.verbosity, 3);
+        assert_eq!(o.concurrent_syncs, 30);
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn booleans_take_pflag_forms() {
+        assert!(!parse(&["--leader-elect=false"]).unwrap().leader_elect);
+        assert!(parse(&["--leader-elect"]).unwrap().leader_elect);
+        assert!(parse(&["--profiling"]).unwrap().profiling);
+        // pflag booleans never consume the next argument.
+        assert!(parse(&["--leader-elect", "false"]).is_err());
+    }
+
+    #[test]
+    fn short_v_and_space_separated_values() {
+        let o = parse(&["-v", "4", "--namespace", "ns"]).unwrap();
+        assert_eq!(o.verbosity, 4);
+        assert_eq!(o.namespace, "ns");
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_rejected_by_name() {
+        let error = parse(&["--machine-safety-overshooting-period=1m"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--machine-safety-overshooting-period"),
+            "{error}"
+        );
+        let error = parse(&["--machine-creation-timeout=20"]).unwrap_err();
+        assert!(
+            error.to_string().contains("--machine-creation-timeout"),
+            "{error}"
+        );
+        assert!(parse(&["--address=not-an-ip"]).is_err());
+        assert!(parse(&["--logging-format=xml"]).is_err());
+    }
+
+    #[test]
+    fn validation_names_each_bad_flag() {
+        let o = parse(&[
+            "--port=0",
+            "--concurrent-syncs=0",
+            "--kube-api-qps=0",
+            "--machine-safety-apiserver-statuscheck-period=10s",
+            "--target-kubeconfig=none",
+            "--contention-profiling",
+            "--leader-elect-renew-deadline=20s",
+        ])
+        .unwrap();
+        let errors = o.validate().unwrap_err();
+        for flag in [
+            "--port",
+            "--concurrent-syncs",
+            "--kube-api-qps",
+            "--machine-safety-apiserver-statuscheck-period",
+            "--control-kubeconfig",
+            "--contention-profiling",
+            "--leader-elect-renew-deadline",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(flag)),
+                "{flag} missing in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_resource_exhausted_retry_means_long_retry() {
+        let o = parse(&["--resource-exhausted-retry=0"]).unwrap();
+        assert_eq!(o.effective_resource_exhausted_retry(), LONG_RETRY);
+        let o = parse(&["--resource-exhausted-retry=30s"]).unwrap();
+        assert_eq!(
+            o.effective_resource_exhausted_retry(),
+            Duration::from_secs(30)
+        );
+    }
+}

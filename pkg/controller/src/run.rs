@@ -1,0 +1,219 @@
+//! The sidecar: clients, the HTTP endpoint, leader election, then the machine,
+//! machine class and secret controllers and the safety loops, until one of them stops.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use tracing::{error, info, warn};
+
+use mcm_provider_kubevirt::Driver;
+use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
+
+use crate::clients::{ClientError, client, configs, ensure_reachable};
+use crate::context::{Context, Requeue};
+use crate::driver_metrics::InstrumentedDriver;
+use crate::machine::reconcile_machine;
+use crate::machine_class::reconcile_machine_class;
+use crate::metrics::Metrics;
+use crate::names::MACHINE_NAME_LABEL;
+use crate::options::Options;
+use crate::safety::{ApiServerWatch, collect_orphans};
+use crate::secrets::reconcile_secret;
+
+/// How long start-up waits for an API server before giving up (MCM polls for 10s).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("leader election: {0}")]
+    LeaderElection(String),
+    #[error("http endpoint on {address}: {source}")]
+    Http {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("leader election lost")]
+    LeadershipLost,
+    #[error("{0} stopped")]
+    Stopped(&'static str),
+}
+
+fn log_requeue(kind: &str, name: &str, requeue: &Requeue) {
+    if requeue.failed {
+        warn!(kind, name, after = ?requeue.after, "{}", requeue.reason);
+    } else {
+        info!(kind, name, after = ?requeue.after, "{}", requeue.reason);
+    }
+}
+
+fn action(ctx: &Context, controller: &str, requeue: &Requeue) -> Action {
+    ctx.metrics
+        .reconciled(controller, if requeue.failed { "error" } else { "ok" });
+    Action::requeue(requeue.after)
+}
+
+/// Builds the clients and checks both API servers, failing with the server named.
+pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<Context>, RunError> {
+    let (control_config, target_config) = configs(options).await?;
+    let control_url = control_config.cluster_url.to_string();
+    let control = client("--control-kubeconfig", control_config)?;
+    ensure_reachable("control cluster", &control, &control_url, STARTUP_PATIENCE).await?;
+    let target = match target_config {
+        Some(config) => {
+            let url = config.cluster_url.to_string();
+            let target = client("--target-kubeconfig", config)?;
+            ensure_reachable("target cluster", &target, &url, STARTUP_PATIENCE).await?;
+            Some(target)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let driver: Arc<dyn Driver> = Arc::new(InstrumentedDriver::new(driver, metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        control,
+        target,
+        driver,
+        options.clone(),
+        metrics,
+    ));
+    if let Err(error) = ctx
+        .machines()
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        return Err(ClientError::MissingResource {
+            what: "control cluster",
+            url: control_url,
+            resource: "machines.machine.sapcloud.io/v1alpha1",
+            detail: error.to_string(),
+        }
+        .into());
+    }
+    Ok(ctx)
+}
+
+/// Runs the sidecar until a controller stops or leadership is lost.
+pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunError> {
+    let ctx = connect(&options, driver).await?;
+    let namespace = options.namespace.clone();
+
+    let machine_controller = Controller::new(ctx.machines(), watcher::Config::default());
+    let machine_store = machine_controller.store();
+    let address = SocketAddr::new(
+        options.address,
+        u16::try_from(options.port).unwrap_or(10259),
+    );
+    let router = crate::http::router(ctx.clone(), Some(machine_store));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| RunError::Http { address, source })?;
+    info!(%address, "serving /healthz and /metrics");
+    let http = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let leadership = if options.leader_elect {
+        Some(
+            crate::leader::acquire(ctx.control.clone(), &options)
+                .await
+                .map_err(|e| RunError::LeaderElection(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    if !options.controller_start_interval.is_zero() {
+        tokio::time::sleep(options.controller_start_interval).await;
+    }
+
+    let concurrency = u16::try_from(options.concurrent_syncs).unwrap_or(u16::MAX);
+    let machine_controller = match ctx.nodes() {
+        Some(nodes) => {
+            let namespace = namespace.clone();
+            machine_controller.watches(nodes, watcher::Config::default(), move |node: Node| {
+                node.labels()
+                    .get(MACHINE_NAME_LABEL)
+                    .map(|machine| ObjectRef::<Machine>::new(machine).within(&namespace))
+            })
+        }
+        None => machine_controller,
+    };
+    let machines = machine_controller
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .run(
+            |machine: Arc<Machine>, ctx: Arc<Context>| async move {
+                let requeue = reconcile_machine(&ctx, &machine).await;
+                log_requeue("Machine", &machine.name_any(), &requeue);
+                Ok::<_, Infallible>(action(&ctx, "machine", &requeue))
+            },
+            |_, _: &Infallible, _| Action::requeue(crate::context::retry::SHORT),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let classes = Controller::new(ctx.machine_classes(), watcher::Config::default())
+        .run(
+            |class: Arc<MachineClass>, ctx: Arc<Context>| async move {
+                let requeue = reconcile_machine_class(&ctx, &class).await;
+                log_requeue("MachineClass", &class.name_any(), &requeue);
+                Ok::<_, Infallible>(action(&ctx, "machineclass", &requeue))
+            },
+            |_, _: &Infallible, _| Action::requeue(crate::context::retry::SHORT),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let secrets_api: Api<Secret> = ctx.secrets_in(&namespace);
+    let secrets = Controller::new(secrets_api, watcher::Config::default())
+        .run(
+            |secret: Arc<Secret>, ctx: Arc<Context>| async move {
+                let requeue = reconcile_secret(&ctx, &secret).await;
+                Ok::<_, Infallible>(action(&ctx, "secret", &requeue))
+            },
+            |_, _: &Infallible, _| Action::requeue(crate::context::retry::SHORT),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let orphan_ctx = ctx.clone();
+    let orphans = async move {
+        loop {
+            if let Err(error) = collect_orphans(&orphan_ctx).await {
+                error!("orphan VM collection failed: {error}");
+            }
+            tokio::time::sleep(orphan_ctx.options.machine_safety_orphan_vms_period).await;
+        }
+    };
+    let api_ctx = ctx.clone();
+    let api_check = async move {
+        let mut watch = ApiServerWatch::default();
+        loop {
+            let next = watch.check(&api_ctx).await;
+            tokio::time::sleep(next).await;
+        }
+    };
+    let lost = async move {
+        match leadership {
+            Some(receiver) => crate::leader::lost(receiver).await,
+            None => std::future::pending().await,
+        }
+    };
+
+    info!(namespace = %namespace, "controllers started");
+    tokio::select! {
+        _ = machines => Err(RunError::Stopped("machine controller")),
+        _ = classes => Err(RunError::Stopped("machine class controller")),
+        _ = secrets => Err(RunError::Stopped("secret controller")),
+        _ = orphans => Err(RunError::Stopped("orphan collection")),
+        _ = api_check => Err(RunError::Stopped("API server check")),
+        _ = http => Err(RunError::Stopped("http endpoint")),
+        _ = lost => Err(RunError::LeadershipLost),
+    }
+}

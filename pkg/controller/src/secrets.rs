@@ -1,0 +1,97 @@
+//! The Secret data handed to the driver, and the finalizer on Secrets that MachineClasses
+//! reference (so a referenced Secret cannot vanish under running machines).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use tracing::{debug, info};
+
+use mcm_provider_kubevirt::mcm::{MachineClass, SecretReference};
+
+use crate::context::{Context, Requeue, is_not_found, retry};
+use crate::finalizers::set_finalizer;
+use crate::names::SECRET_FINALIZER;
+
+fn references(class: &MachineClass) -> impl Iterator<Item = &SecretReference> {
+    class
+        .secret_ref
+        .iter()
+        .chain(class.credentials_secret_ref.iter())
+}
+
+fn reference_key<'a>(
+    class: &'a MachineClass,
+    reference: &'a SecretReference,
+) -> (&'a str, &'a str) {
+    let namespace = reference
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .or(class.metadata.namespace.as_deref())
+        .unwrap_or_default();
+    (namespace, reference.name.as_deref().unwrap_or_default())
+}
+
+/// The merged data of the class's `secretRef` and `credentialsSecretRef` (the latter wins),
+/// as MCM hands it to the driver: data only, a missing Secret contributing nothing.
+pub async fn secret_data(ctx: &Context, class: &MachineClass) -> Result<Secret, kube::Error> {
+    let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
+    for reference in references(class) {
+        let (namespace, name) = reference_key(class, reference);
+        if name.is_empty() {
+            continue;
+        }
+        match ctx.secrets_in(namespace).get(name).await {
+            Ok(secret) => data.extend(secret.data.unwrap_or_default()),
+            Err(error) if is_not_found(&error) => {
+                debug!(secret = name, "referenced secret not found; skipped");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Secret {
+        data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// Keeps the Secret finalizer exactly while some MachineClass of our namespace references it.
+pub async fn reconcile_secret(ctx: &Context, secret: &Secret) -> Requeue {
+    let name = secret.name_any();
+    let namespace = secret
+        .namespace()
+        .unwrap_or_else(|| ctx.namespace().to_owned());
+    let classes = match ctx.machine_classes().list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            return Requeue::failure(retry::SHORT, format!("listing MachineClasses: {error}"));
+        }
+    };
+    let referenced = classes.iter().any(|class| {
+        references(class).any(|r| reference_key(class, r) == (namespace.as_str(), name.as_str()))
+    });
+    if secret.metadata.deletion_timestamp.is_some() && referenced {
+        return Requeue::failure(
+            retry::LONG,
+            format!("Secret {name:?} is being deleted but MachineClasses still reference it"),
+        );
+    }
+    match set_finalizer(
+        &ctx.secrets_in(&namespace),
+        secret,
+        SECRET_FINALIZER,
+        referenced,
+    )
+    .await
+    {
+        Ok(Some(_)) => {
+            info!(secret = %name, referenced, "secret finalizer updated");
+            Requeue::after(retry::LONG, "secret finalizer updated")
+        }
+        Ok(None) => Requeue::after(retry::LONG, "secret finalizer in place"),
+        Err(error) => Requeue::api_failure(&error, "secret finalizer update failed"),
+    }
+}

@@ -1,0 +1,188 @@
+//! Writing `Machine.status` through the `/status` subresource, skipped when nothing but
+//! timestamps would change (MCM's `machineStatusUpdate`), and the metadata writes the
+//! flows make (finalizers, labels, providerID) as optimistic-concurrency replaces.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use tracing::{debug, warn};
+
+use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineStatus};
+
+use crate::context::{Context, Requeue, retry};
+
+/// MCM rewrites a similar status anyway once its lastOperation is this old.
+const FORCE_REWRITE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+pub fn last_operation(description: impl Into<String>, state: &str, type_: &str) -> LastOperation {
+    LastOperation {
+        description: Some(description.into()),
+        error_code: None,
+        last_update_time: Some(now()),
+        state: Some(state.to_owned()),
+        type_: Some(type_.to_owned()),
+    }
+}
+
+pub fn current_status(phase: &str, timeout_active: bool) -> CurrentStatus {
+    CurrentStatus {
+        phase: Some(phase.to_owned()),
+        timeout_active: timeout_active.then_some(true),
+        last_update_time: Some(now()),
+    }
+}
+
+pub fn status_of(machine: &Machine) -> MachineStatus {
+    machine.status.clone().unwrap_or_default()
+}
+
+pub fn phase_of(machine: &Machine) -> &str {
+    machine
+        .status
+        .as_ref()
+        .and_then(|s| s.current_status.as_ref())
+        .and_then(|c| c.phase.as_deref())
+        .unwrap_or_default()
+}
+
+pub fn description_of(machine: &Machine) -> &str {
+    machine
+        .status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .and_then(|o| o.description.as_deref())
+        .unwrap_or_default()
+}
+
+fn without_times(
+    operation: Option<&LastOperation>,
+    current: Option<&CurrentStatus>,
+) -> (LastOperation, CurrentStatus) {
+    let mut operation = operation.cloned().unwrap_or_default();
+    operation.last_update_time = None;
+    let mut current = current.cloned().unwrap_or_default();
+    current.last_update_time = None;
+    (operation, current)
+}
+
+/// True when writing `new` over `old` would change nothing but timestamps, and the old
+/// status is recent enough not to need a refresh.
+pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
+    let stale = |status: &MachineStatus| {
+        let updated = status
+            .last_operation
+            .as_ref()
+            .and_then(|o| o.last_update_time.as_ref());
+        updated.is_none() || crate::machine_settings::elapsed_since(updated) > FORCE_REWRITE_AFTER
+    };
+    if stale(old) {
+        return false;
+    }
+    without_times(old.last_operation.as_ref(), old.current_status.as_ref())
+        == without_times(new.last_operation.as_ref(), new.current_status.as_ref())
+}
+
+/// Replaces the machine's status with `status`, via `/status` with the machine's
+/// resourceVersion. Returns the stored machine.
+pub async fn write_status(
+    ctx: &Context,
+    machine: &Machine,
+    status: MachineStatus,
+) -> Result<Machine, kube::Error> {
+    let mut updated = machine.clone();
+    updated.status = Some(status);
+    let name = machine.metadata.name.clone().unwrap_or_default();
+    ctx.machines()
+        .replace_status(&name, &PostParams::default(), &updated)
+        .await
+}
+
+/// MCM's `machineStatusUpdate`: sets lastOperation, currentStatus and lastKnownState,
+/// unless that changes nothing. The requeue is the caller's unless the write failed.
+pub async fn update_machine_status(
+    ctx: &Context,
+    machine: &Machine,
+    operation: LastOperation,
+    current: CurrentStatus,
+    last_known_state: Option<String>,
+) -> Result<(), Requeue> {
+    let old = status_of(machine);
+    let mut new = old.clone();
+    new.last_operation = Some(operation);
+    new.current_status = Some(current);
+    new.last_known_state = last_known_state;
+    let name = machine.metadata.name.as_deref().unwrap_or_default();
+    if is_similar(&old, &new) {
+        debug!(machine = name, "status unchanged; not written");
+        return Ok(());
+    }
+    match write_status(ctx, machine, new).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            warn!(machine = name, "status update failed: {error}");
+            Err(Requeue::api_failure(&error, "Machine/status UPDATE failed"))
+        }
+    }
+}
+
+/// Replaces the machine (metadata and spec) with optimistic concurrency.
+pub async fn replace_machine(ctx: &Context, machine: &Machine) -> Result<Machine, Requeue> {
+    let name = machine.metadata.name.clone().unwrap_or_default();
+    ctx.machines()
+        .replace(&name, &PostParams::default(), machine)
+        .await
+        .map_err(|error| Requeue::api_failure(&error, "Machine UPDATE failed"))
+}
+
+/// The short requeue MCM answers after a successful write, to continue from the new state.
+pub fn continue_after_write(reason: impl Into<String>) -> Requeue {
+    Requeue::after(retry::SHORT, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{phase, state};
+
+    fn status(description: &str, phase_name: &str) -> MachineStatus {
+        MachineStatus {
+            last_operation: Some(last_operation(description, state::PROCESSING, "Create")),
+            current_status: Some(current_status(phase_name, true)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn timestamps_alone_do_not_make_a_change() {
+        let old = status("Creating machine on cloud provider", phase::PENDING);
+        let mut new = status("Creating machine on cloud provider", phase::PENDING);
+        new.last_operation.as_mut().unwrap().last_update_time = Some(Time(
+            Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(5),
+        ));
+        assert!(is_similar(&old, &new));
+        assert!(!is_similar(&old, &status("other", phase::PENDING)));
+        assert!(!is_similar(
+            &old,
+            &status("Creating machine on cloud provider", phase::RUNNING)
+        ));
+    }
+
+    #[test]
+    fn old_or_timeless_statuses_are_rewritten() {
+        let mut old = status("x", phase::PENDING);
+        old.last_operation.as_mut().unwrap().last_update_time = Some(Time(
+            Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(31 * 60),
+        ));
+        assert!(!is_similar(&old, &status("x", phase::PENDING)));
+        assert!(!is_similar(
+            &MachineStatus::default(),
+            &MachineStatus::default()
+        ));
+    }
+}
