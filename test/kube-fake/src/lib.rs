@@ -161,6 +161,31 @@ fn matches_selector(labels: Option<&Map<String, Value>>, selector: &str) -> bool
         })
 }
 
+/// Equality field selectors on dotted paths (`spec.nodeName=n1`, `metadata.name!=x`).
+fn matches_fields(object: &Value, selector: &str) -> bool {
+    let field = |path: &str| {
+        path.split('.')
+            .try_fold(object, |value, key| value.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    selector
+        .split(',')
+        .filter(|term| !term.is_empty())
+        .all(|term| {
+            if let Some((path, value)) = term.split_once("!=") {
+                field(path.trim()) != value.trim()
+            } else if let Some((path, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
+                field(path.trim()) == value.trim()
+            } else {
+                false
+            }
+        })
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
@@ -366,10 +391,21 @@ fn serve(state: &mut State, request: &Recorded) -> (u16, Value) {
         (&Method::POST, None) => {
             create(state, &target, request.body.clone().unwrap_or(Value::Null))
         }
+        // pods/<name>/eviction: the pod goes (PodDisruptionBudgets are the fault hook's job).
+        (&Method::POST, Some(name)) if request.path.ends_with("/eviction") => {
+            match delete(state, &collection, name, None) {
+                (200, _) => (
+                    201,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                ),
+                other => other,
+            }
+        }
         (&Method::PUT, Some(name)) => replace(
             state,
             &collection,
             name,
+            request.path.ends_with("/status"),
             request.body.clone().unwrap_or(Value::Null),
         ),
         (&Method::PATCH, Some(name)) => patch(state, &target, name, request),
@@ -391,19 +427,33 @@ fn list(state: &State, collection: &str, query: &BTreeMap<String, String>) -> (u
         .get("labelSelector")
         .map(String::as_str)
         .unwrap_or_default();
+    let fields = query
+        .get("fieldSelector")
+        .map(String::as_str)
+        .unwrap_or_default();
     let limit: usize = query
         .get("limit")
         .and_then(|l| l.parse().ok())
         .filter(|l| *l > 0)
         .unwrap_or(usize::MAX);
     let after = query.get("continue").cloned().unwrap_or_default();
+    // A cluster-wide list (`/api/v1/pods`) spans the namespaced collections of its kind.
+    let (prefix, plural) = collection.rsplit_once('/').unwrap_or_default();
+    let spans = |key: &String| {
+        key == collection
+            || key
+                .strip_prefix(&format!("{prefix}/namespaces/"))
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(_, kind)| kind == plural)
+    };
     let matching: Vec<(&String, &Value)> = state
         .objects
-        .get(collection)
-        .into_iter()
-        .flatten()
+        .iter()
+        .filter(|(key, _)| spans(key))
+        .flat_map(|(_, objects)| objects.iter())
         .filter(|(name, _)| after.is_empty() || name.as_str() > after.as_str())
         .filter(|(_, object)| matches_selector(object["metadata"]["labels"].as_object(), selector))
+        .filter(|(_, object)| matches_fields(object, fields))
         .collect();
     let page: Vec<Value> = matching
         .iter()
@@ -465,7 +515,16 @@ fn create(state: &mut State, target: &Target, mut object: Value) -> (u16, Value)
     (201, object)
 }
 
-fn replace(state: &mut State, collection: &str, name: &str, mut object: Value) -> (u16, Value) {
+/// A PUT: on `/status` only the status is taken from the body, on the object everything
+/// but the status (as for resources with a status subresource); `deletionTimestamp` is
+/// the server's.
+fn replace(
+    state: &mut State,
+    collection: &str,
+    name: &str,
+    status_only: bool,
+    body: Value,
+) -> (u16, Value) {
     let Some(current) = state
         .objects
         .get(collection)
@@ -474,7 +533,7 @@ fn replace(state: &mut State, collection: &str, name: &str, mut object: Value) -
     else {
         return not_found(collection, name);
     };
-    let given = object["metadata"]["resourceVersion"]
+    let given = body["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default();
     if !given.is_empty() && Some(given) != current["metadata"]["resourceVersion"].as_str() {
@@ -483,13 +542,21 @@ fn replace(state: &mut State, collection: &str, name: &str, mut object: Value) -
             status_body(409, "Conflict", "the object has been modified"),
         );
     }
+    let mut object = if status_only {
+        let mut object = current.clone();
+        object["status"] = body["status"].clone();
+        object
+    } else {
+        let mut object = body;
+        if current.get("status").is_some() {
+            object["status"] = current["status"].clone();
+        }
+        object["metadata"]["deletionTimestamp"] = current["metadata"]["deletionTimestamp"].clone();
+        object
+    };
     object["metadata"]["uid"] = current["metadata"]["uid"].clone();
     bump(state, &mut object);
-    state
-        .objects
-        .entry(collection.to_owned())
-        .or_default()
-        .insert(name.to_owned(), object.clone());
+    store(state, collection, name, object.clone());
     (200, object)
 }
 
@@ -521,11 +588,7 @@ fn patch(state: &mut State, target: &Target, name: &str, request: &Recorded) -> 
     }
     object["metadata"]["uid"] = uid;
     bump(state, &mut object);
-    state
-        .objects
-        .entry(target.collection.clone())
-        .or_default()
-        .insert(name.to_owned(), object.clone());
+    store(state, &target.collection, name, object.clone());
     (200, object)
 }
 
@@ -555,10 +618,62 @@ fn delete(
             ),
         );
     }
+    let has_finalizers = current["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        let mut marked = current;
+        if marked["metadata"]["deletionTimestamp"].is_null() {
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        }
+        bump(state, &mut marked);
+        store(state, collection, name, marked.clone());
+        return (200, marked);
+    }
     if let Some(c) = state.objects.get_mut(collection) {
         c.remove(name);
     }
     (200, current)
+}
+
+fn now_rfc3339() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let days = (seconds / 86_400) as i64;
+    let secs = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Stores a written object, unless it was being deleted and has no finalizers left:
+/// then it is gone, as the API server removes it.
+fn store(state: &mut State, collection: &str, name: &str, object: Value) {
+    let deleting = !object["metadata"]["deletionTimestamp"].is_null();
+    let finalizers_left = object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    let objects = state.objects.entry(collection.to_owned()).or_default();
+    if deleting && !finalizers_left {
+        objects.remove(name);
+    } else {
+        objects.insert(name.to_owned(), object);
+    }
 }
 
 #[cfg(test)]

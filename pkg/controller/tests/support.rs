@@ -1,0 +1,331 @@
+//! Test doubles for the controller: a scripted in-memory [`Driver`] and fixtures in the
+//! in-memory API server (control and target cluster share one server, as a Gardener seed
+//! and shoot would be two; paths keep them apart: namespaced vs. cluster-scoped).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use kube_fake::FakeApiServer;
+use serde_json::{Value, json};
+
+use mcm_machine_controller::metrics::Metrics;
+use mcm_machine_controller::{Context, Options};
+use mcm_provider_kubevirt::driver::*;
+use mcm_provider_kubevirt::{Driver, MachineCode, MachineError};
+
+pub const NS: &str = "shoot--dev--kv";
+pub const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/shoot--dev--kv/machines";
+pub const CLASSES: &str =
+    "/apis/machine.sapcloud.io/v1alpha1/namespaces/shoot--dev--kv/machineclasses";
+pub const SECRETS: &str = "/api/v1/namespaces/shoot--dev--kv/secrets";
+pub const NODES: &str = "/api/v1/nodes";
+pub const KUBE_SYSTEM_SECRETS: &str = "/api/v1/namespaces/kube-system/secrets";
+pub const USER_DATA: &str = "#cloud-config\nruncmd: [join <<BOOTSTRAP_TOKEN>> <<MACHINE_NAME>>]\n";
+
+/// One recorded driver call: operation, machine name, userData as the driver saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub operation: &'static str,
+    pub machine: String,
+    pub user_data: String,
+}
+
+#[derive(Default)]
+struct DriverState {
+    /// VM name -> providerID.
+    vms: BTreeMap<String, String>,
+    calls: Vec<Call>,
+    /// Errors to answer instead, per operation, consumed in order.
+    failures: BTreeMap<&'static str, Vec<MachineError>>,
+}
+
+/// A driver whose VMs live in memory; stands for any MCM provider.
+#[derive(Clone, Default)]
+pub struct FakeDriver {
+    state: Arc<Mutex<DriverState>>,
+}
+
+impl FakeDriver {
+    pub fn fail_next(&self, operation: &'static str, error: MachineError) {
+        self.state
+            .lock()
+            .unwrap()
+            .failures
+            .entry(operation)
+            .or_default()
+            .push(error);
+    }
+    pub fn add_vm(&self, name: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .vms
+            .insert(name.into(), format!("fake://{name}"));
+    }
+    pub fn vms(&self) -> Vec<String> {
+        self.state.lock().unwrap().vms.keys().cloned().collect()
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+    pub fn operations(&self) -> Vec<&'static str> {
+        self.calls().iter().map(|c| c.operation).collect()
+    }
+    fn enter(
+        &self,
+        operation: &'static str,
+        request: Option<&MachineRequest>,
+    ) -> Result<(), MachineError> {
+        let mut state = self.state.lock().unwrap();
+        let (machine, user_data) = request
+            .map(|r| {
+                let user_data = r
+                    .secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("userData"))
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    .unwrap_or_default();
+                (
+                    r.machine.metadata.name.clone().unwrap_or_default(),
+                    user_data,
+                )
+            })
+            .unwrap_or_default();
+        state.calls.push(Call {
+            operation,
+            machine,
+            user_data,
+        });
+        match state.failures.get_mut(operation) {
+            Some(queue) if !queue.is_empty() => Err(queue.remove(0)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn name_of(request: &MachineRequest) -> String {
+    request.machine.metadata.name.clone().unwrap_or_default()
+}
+
+#[async_trait]
+impl Driver for FakeDriver {
+    async fn create_machine(
+        &self,
+        request: &CreateMachineRequest,
+    ) -> Result<CreateMachineResponse, MachineError> {
+        self.enter("CreateMachine", Some(request))?;
+        let name = name_of(request);
+        let provider_id = format!("fake://{name}");
+        self.state
+            .lock()
+            .unwrap()
+            .vms
+            .insert(name.clone(), provider_id.clone());
+        Ok(CreateMachineResponse {
+            provider_id,
+            node_name: name,
+            last_known_state: "created".into(),
+            addresses: vec![],
+        })
+    }
+    async fn initialize_machine(
+        &self,
+        request: &InitializeMachineRequest,
+    ) -> Result<InitializeMachineResponse, MachineError> {
+        self.enter("InitializeMachine", Some(request))?;
+        Err(MachineError::unimplemented("not needed"))
+    }
+    async fn delete_machine(
+        &self,
+        request: &DeleteMachineRequest,
+    ) -> Result<DeleteMachineResponse, MachineError> {
+        self.enter("DeleteMachine", Some(request))?;
+        self.state.lock().unwrap().vms.remove(&name_of(request));
+        Ok(DeleteMachineResponse {
+            last_known_state: "deleted".into(),
+        })
+    }
+    async fn get_machine_status(
+        &self,
+        request: &GetMachineStatusRequest,
+    ) -> Result<GetMachineStatusResponse, MachineError> {
+        self.enter("GetMachineStatus", Some(request))?;
+        let name = name_of(request);
+        match self.state.lock().unwrap().vms.get(&name) {
+            Some(id) => Ok(GetMachineStatusResponse {
+                provider_id: id.clone(),
+                node_name: name,
+                addresses: vec![],
+            }),
+            None => Err(MachineError::not_found(format!(
+                "machine {name:?} not found"
+            ))),
+        }
+    }
+    async fn list_machines(
+        &self,
+        _request: &ListMachinesRequest,
+    ) -> Result<ListMachinesResponse, MachineError> {
+        self.enter("ListMachines", None)?;
+        let vms = self.state.lock().unwrap().vms.clone();
+        Ok(ListMachinesResponse {
+            machine_list: vms.into_iter().map(|(name, id)| (id, name)).collect(),
+        })
+    }
+    async fn get_volume_ids(
+        &self,
+        request: &GetVolumeIdsRequest,
+    ) -> Result<GetVolumeIdsResponse, MachineError> {
+        self.enter("GetVolumeIDs", None)?;
+        let volume_ids = request
+            .pv_specs
+            .iter()
+            .filter_map(|s| s.csi.as_ref())
+            .map(|c| c.volume_handle.clone())
+            .collect();
+        Ok(GetVolumeIdsResponse { volume_ids })
+    }
+}
+
+pub fn code_error(code: MachineCode) -> MachineError {
+    MachineError::new(code, format!("injected {}", code.name()))
+}
+
+pub struct World {
+    pub server: FakeApiServer,
+    pub driver: FakeDriver,
+    pub ctx: Context,
+}
+
+pub fn options(args: &[&str]) -> Options {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+    let mut argv = vec!["machine-controller", "--namespace", NS];
+    argv.extend_from_slice(args);
+    <Cli as clap::Parser>::parse_from(argv).options
+}
+
+/// A control cluster with a MachineClass (finalized) and its Secret; with a target cluster.
+pub fn world() -> World {
+    world_with(&[], true)
+}
+
+pub fn world_with(args: &[&str], with_target: bool) -> World {
+    let server = FakeApiServer::new();
+    let driver = FakeDriver::default();
+    server.insert(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud", "namespace": NS},
+               "data": {"userData": b64(USER_DATA), "kubeconfig": b64("not used by the fake")}}),
+    );
+    server.insert(
+        CLASSES,
+        json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+               "metadata": {"name": "class-a", "namespace": NS, "finalizers": ["machine.sapcloud.io/machine-controller-manager"]},
+               "providerSpec": {"zone": "z1"},
+               "secretRef": {"name": "cloud", "namespace": NS}}),
+    );
+    let target = with_target.then(|| server.client("default"));
+    let ctx = Context::new(
+        server.client(NS),
+        target,
+        Arc::new(driver.clone()),
+        options(args),
+        Arc::new(Metrics::new()),
+    );
+    World {
+        server,
+        driver,
+        ctx,
+    }
+}
+
+pub fn b64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Seconds-ago timestamp in RFC 3339.
+pub fn ago(seconds: i64) -> String {
+    let t =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub fn machine_json(name: &str, extra: Value) -> Value {
+    let mut machine = json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": ago(10), "labels": {"name": "pool-a"}},
+        "spec": {"class": {"kind": "MachineClass", "name": "class-a"}}
+    });
+    json_patch::merge(&mut machine, &extra);
+    machine
+}
+
+pub fn ready_node(name: &str, ready: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "status": {"conditions": [
+               {"type": "Ready", "status": ready, "lastTransitionTime": ago(3600)},
+               {"type": "DiskPressure", "status": "False"}]}})
+}
+
+impl World {
+    pub fn machine(&self, name: &str) -> Option<Value> {
+        self.server.get(MACHINES, name)
+    }
+    pub async fn get_machine(&self, name: &str) -> mcm_provider_kubevirt::mcm::Machine {
+        self.ctx.machines().get(name).await.unwrap()
+    }
+    pub async fn reconcile(&self, name: &str) -> mcm_machine_controller::Requeue {
+        let machine = self.get_machine(name).await;
+        mcm_machine_controller::machine::reconcile_machine(&self.ctx, &machine).await
+    }
+    /// Reconciles until `done` holds (at most `limit` times); returns the requeues.
+    pub async fn reconcile_until(
+        &self,
+        name: &str,
+        limit: usize,
+        done: impl Fn(&World) -> bool,
+    ) -> Vec<mcm_machine_controller::Requeue> {
+        let mut requeues = Vec::new();
+        for _ in 0..limit {
+            if done(self) {
+                return requeues;
+            }
+            requeues.push(self.reconcile(name).await);
+        }
+        assert!(
+            done(self),
+            "not converged after {limit} reconciles: {requeues:#?}\nmachine: {:#}",
+            self.machine(name).unwrap_or_default()
+        );
+        requeues
+    }
+    pub fn status(&self, name: &str, pointer: &str) -> Value {
+        self.machine(name).unwrap_or_default()["status"]
+            .pointer(pointer)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
