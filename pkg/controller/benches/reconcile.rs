@@ -17,9 +17,17 @@ use support::*;
 /// User plus system CPU seconds of this process (Linux `/proc/self/stat`, in clock ticks of 1/100 s).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
     // Fields 14 and 15 of stat are utime and stime; here offset by the two before ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -49,7 +57,9 @@ async fn main() {
     let mut create_reconciles = 0;
     for name in &names {
         create_reconciles += world
-            .reconcile_until(name, 8, |w| w.status(name, "/currentStatus/phase") == "Pending")
+            .reconcile_until(name, 8, |w| {
+                w.status(name, "/currentStatus/phase") == "Pending"
+            })
             .await
             .len();
         world.server.clear_requests();
