@@ -23,6 +23,19 @@ use crate::status::{current_status, last_operation, phase_of, status_of, write_s
 /// How soon a Pending or Unknown machine is looked at again for its timeout.
 pub const TIMEOUT_RECHECK: Duration = Duration::from_secs(60);
 
+/// A condition added, removed or changed in status. Heartbeat times alone do not count:
+/// copying every kubelet heartbeat would rewrite each Machine every few minutes.
+pub fn conditions_changed(old: &[NodeCondition], new: &[NodeCondition]) -> bool {
+    let status_of = |list: &[NodeCondition], type_: &str| {
+        list.iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    };
+    new.iter()
+        .any(|c| status_of(old, &c.type_).as_ref() != Some(&c.status))
+        || old.iter().any(|c| status_of(new, &c.type_).is_none())
+}
+
 /// Ready True and every configured problem condition False.
 pub fn is_healthy(conditions: &[NodeCondition], problem_types: &[String]) -> bool {
     !conditions.is_empty()
@@ -90,7 +103,10 @@ pub async fn reconcile_health(
                 .as_ref()
                 .and_then(|s| s.conditions.clone())
                 .unwrap_or_default();
-            if status.conditions.as_deref().unwrap_or_default() != node_conditions_now.as_slice() {
+            if conditions_changed(
+                status.conditions.as_deref().unwrap_or_default(),
+                &node_conditions_now,
+            ) {
                 status.conditions = Some(node_conditions_now.clone());
                 dirty = true;
             }
@@ -275,6 +291,25 @@ mod tests {
                 condition("MemoryPressure", "True")
             ],
             &problems
+        ));
+    }
+
+    #[test]
+    fn only_type_and_status_changes_count() {
+        let mut beat = condition("Ready", "True");
+        beat.last_heartbeat_time = Some(crate::status::now());
+        assert!(!conditions_changed(&[condition("Ready", "True")], &[beat]));
+        assert!(conditions_changed(
+            &[condition("Ready", "True")],
+            &[condition("Ready", "False")]
+        ));
+        assert!(conditions_changed(&[], &[condition("Ready", "True")]));
+        assert!(conditions_changed(
+            &[
+                condition("Ready", "True"),
+                condition("DiskPressure", "False")
+            ],
+            &[condition("Ready", "True")]
         ));
     }
 
