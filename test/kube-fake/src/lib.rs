@@ -551,7 +551,14 @@ fn replace(
         if current.get("status").is_some() {
             object["status"] = current["status"].clone();
         }
-        object["metadata"]["deletionTimestamp"] = current["metadata"]["deletionTimestamp"].clone();
+        match current["metadata"].get("deletionTimestamp") {
+            Some(time) => object["metadata"]["deletionTimestamp"] = time.clone(),
+            None => {
+                if let Some(metadata) = object["metadata"].as_object_mut() {
+                    metadata.remove("deletionTimestamp");
+                }
+            }
+        }
         object
     };
     object["metadata"]["uid"] = current["metadata"]["uid"].clone();
