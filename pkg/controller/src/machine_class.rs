@@ -11,7 +11,7 @@ use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 use crate::context::{Context, Requeue, is_not_found, retry};
 use crate::finalizers::{has_finalizer, set_finalizer};
 use crate::names::MCM_FINALIZER;
-use crate::secrets::secret_data;
+use crate::secrets::{reconcile_secret, referenced_secrets, secret_data};
 
 /// The class a machine names and the merged secret data, or why the machine must wait.
 pub async fn class_of(ctx: &Context, machine: &Machine) -> Result<(MachineClass, Secret), Requeue> {
@@ -77,12 +77,31 @@ pub async fn reconcile_machine_class(ctx: &Context, class: &MachineClass) -> Req
         );
     }
     let wanted = !machines.is_empty();
-    match set_finalizer(&ctx.machine_classes(), class, MCM_FINALIZER, wanted).await {
+    let requeue = match set_finalizer(&ctx.machine_classes(), class, MCM_FINALIZER, wanted).await {
         Ok(Some(_)) => {
             info!(machine_class = %name, finalizer = wanted, "machine class finalizer updated");
             Requeue::after(retry::SHORT, "machine class finalizer updated")
         }
         Ok(None) => Requeue::after(retry::LONG, "machine class in sync"),
-        Err(error) => Requeue::api_failure(&error, "machine class finalizer update failed"),
+        Err(error) => return Requeue::api_failure(&error, "machine class finalizer update failed"),
+    };
+    // The class's Secrets follow at once: their finalizer depends on this class.
+    for (namespace, secret_name) in referenced_secrets(class) {
+        match ctx.secrets_in(&namespace).get_opt(&secret_name).await {
+            Ok(Some(secret)) => {
+                let secret_requeue = reconcile_secret(ctx, &secret).await;
+                if secret_requeue.failed {
+                    return secret_requeue;
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Requeue::failure(
+                    retry::SHORT,
+                    format!("getting secret {secret_name:?}: {error}"),
+                );
+            }
+        }
     }
+    requeue
 }

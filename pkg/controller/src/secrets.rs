@@ -35,6 +35,15 @@ fn reference_key<'a>(
     (namespace, reference.name.as_deref().unwrap_or_default())
 }
 
+/// `(namespace, name)` of the Secrets a class references.
+pub fn referenced_secrets(class: &MachineClass) -> Vec<(String, String)> {
+    references(class)
+        .map(|r| reference_key(class, r))
+        .filter(|(_, name)| !name.is_empty())
+        .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+        .collect()
+}
+
 /// The merged data of the class's `secretRef` and `credentialsSecretRef` (the latter wins),
 /// as MCM hands it to the driver: data only, a missing Secret contributing nothing.
 pub async fn secret_data(ctx: &Context, class: &MachineClass) -> Result<Secret, kube::Error> {

@@ -284,6 +284,11 @@ async fn class_and_secret_finalizers_follow_references() {
         json!(["machine.sapcloud.io/machine-controller-manager"])
     );
 
+    // The class reconcile put the finalizer on its Secret too; a Secret reconcile keeps it.
+    assert_eq!(
+        world.server.get(SECRETS, "cloud").unwrap()["metadata"]["finalizers"],
+        json!(["machine.sapcloud.io/machine-controller"])
+    );
     let secret = world.ctx.secrets_in(NS).get("cloud").await.unwrap();
     mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret).await;
     assert_eq!(
@@ -295,6 +300,19 @@ async fn class_and_secret_finalizers_follow_references() {
     mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret).await;
     assert_eq!(
         world.server.get(SECRETS, "unrelated").unwrap()["metadata"]["finalizers"],
+        json!([])
+    );
+
+    // The last machine goes and the class is deleted: class and Secret are released together.
+    world.server.remove(MACHINES, "m-1");
+    let mut class = world.server.get(CLASSES, "class-a").unwrap();
+    class["metadata"]["deletionTimestamp"] = json!(ago(1));
+    world.server.insert(CLASSES, class);
+    let class = world.ctx.machine_classes().get("class-a").await.unwrap();
+    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class).await;
+    assert!(world.server.get(CLASSES, "class-a").is_none());
+    assert_eq!(
+        world.server.get(SECRETS, "cloud").unwrap()["metadata"]["finalizers"],
         json!([])
     );
 }
