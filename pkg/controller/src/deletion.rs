@@ -14,7 +14,7 @@ use mcm_provider_kubevirt::mcm::{CurrentStatus, Machine};
 use crate::bootstrap_token::delete_bootstrap_token;
 use crate::context::{Context, Requeue, is_not_found, retry};
 use crate::creation::zone_of;
-use crate::drain::{PDB_RETRY, drain_mode, drain_pass};
+use crate::drain::{PDB_RETRY, drain_pass, forced_drain};
 use crate::finalizers::{has_finalizer, set_finalizer};
 use crate::machine_settings::elapsed_since;
 use crate::metrics::MachineDuration;
@@ -260,7 +260,7 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Reque
         .await?;
         return Ok(Requeue::after(retry::SHORT, "no node to drain"));
     }
-    let (_, force) = drain_mode(ctx, machine);
+    let force = forced_drain(ctx, machine);
     let forced = force.is_some();
     match drain_pass(ctx, machine, &node_name, forced).await {
         Ok(_) if forced => {

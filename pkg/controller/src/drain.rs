@@ -31,7 +31,7 @@ pub const PDB_RETRY: Duration = Duration::from_secs(20);
 const NOT_READY_FORCE_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Why the drain is forced, if it is.
-pub fn force_reason(machine: &Machine, node: Option<&Node>, timeout: Duration) -> Option<String> {
+pub fn force_reason(machine: &Machine, timeout: Duration) -> Option<String> {
     let labels = machine.metadata.labels.clone().unwrap_or_default();
     if labels
         .get(FORCE_DELETION_LABEL)
@@ -46,10 +46,6 @@ pub fn force_reason(machine: &Machine, node: Option<&Node>, timeout: Duration) -
         .status
         .as_ref()
         .and_then(|s| s.conditions.clone())
-        .or_else(|| {
-            node.and_then(|n| n.status.as_ref())
-                .and_then(|s| s.conditions.clone())
-        })
         .unwrap_or_default();
     for condition in conditions {
         let bad = (condition.type_ == "Ready" && condition.status != "True")
@@ -275,10 +271,9 @@ pub async fn drain_pass(
     Ok(progress)
 }
 
-/// The effective drain timeout and whether drain is forced, with the reason.
-pub fn drain_mode(ctx: &Context, machine: &Machine) -> (Duration, Option<String>) {
-    let timeout = drain_timeout(machine, &ctx.options);
-    (timeout, force_reason(machine, None, timeout))
+/// Why this machine's drain is forced, if it is (its drain timeout from spec or flag).
+pub fn forced_drain(ctx: &Context, machine: &Machine) -> Option<String> {
+    force_reason(machine, drain_timeout(machine, &ctx.options))
 }
 
 #[cfg(test)]
@@ -306,26 +301,22 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let mut machine = Machine::new("m", Default::default());
         machine.metadata.deletion_timestamp = Some(crate::status::now());
-        assert_eq!(force_reason(&machine, None, hour), None);
+        assert_eq!(force_reason(&machine, hour), None);
         machine.metadata.labels =
             Some([(FORCE_DELETION_LABEL.to_owned(), "True".to_owned())].into());
-        assert!(force_reason(&machine, None, hour).is_some());
+        assert!(force_reason(&machine, hour).is_some());
         machine.metadata.labels = None;
         let old = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600),
         );
         machine.metadata.deletion_timestamp = Some(old.clone());
-        assert!(force_reason(&machine, None, Duration::from_secs(60)).is_some());
+        assert!(force_reason(&machine, Duration::from_secs(60)).is_some());
         machine.metadata.deletion_timestamp = Some(crate::status::now());
         machine.status = Some(
             serde_json::from_value(json!({"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": old}]}))
             .unwrap(),
         );
-        assert!(
-            force_reason(&machine, None, hour)
-                .unwrap()
-                .contains("Ready")
-        );
+        assert!(force_reason(&machine, hour).unwrap().contains("Ready"));
     }
 }
