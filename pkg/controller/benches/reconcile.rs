@@ -6,7 +6,7 @@
 //! logic, client round trips through kube's client stack), not API server or provider
 //! latency, which dominate in a real cluster.
 
-#[path = "../tests/support.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::Instant;
