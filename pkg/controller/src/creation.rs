@@ -16,7 +16,8 @@ use crate::machine_settings::{creation_timeout, elapsed_since};
 use crate::metrics::MachineDuration;
 use crate::names::{MACHINE_PRIORITY_ANNOTATION, NODE_LABEL, operation, phase, state, step};
 use crate::status::{
-    current_status, last_operation, phase_of, replace_machine, status_of, update_machine_status,
+    current_status, last_operation, node_name_of, phase_of, replace_machine, status_of,
+    update_machine_status,
 };
 
 /// Failed, once the creation timeout has passed since the Machine was created; until
@@ -36,16 +37,6 @@ pub fn zone_of(class: &MachineClass) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-fn node_label(machine: &Machine) -> String {
-    machine
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(NODE_LABEL))
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// MCM's `machineCreateErrorHandler`: records the driver's error and picks the retry by code.
@@ -248,7 +239,7 @@ pub async fn creation_flow(
                 provider_id = created.provider_id;
                 uninitialized = true;
             } else {
-                node_name = node_label(machine);
+                node_name = node_name_of(machine);
                 provider_id = known_provider_id;
             }
         }

@@ -22,18 +22,9 @@ use crate::names::{
     MACHINE_NAME_LABEL, MCM_FINALIZER, NODE_FINALIZER, NODE_LABEL, operation, phase, state, step,
 };
 use crate::status::{
-    current_status, description_of, last_operation, phase_of, status_of, update_machine_status,
+    current_status, description_of, last_operation, node_name_of, phase_of, status_of,
+    update_machine_status,
 };
-
-fn node_label(machine: &Machine) -> String {
-    machine
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(NODE_LABEL))
-        .cloned()
-        .unwrap_or_default()
-}
 
 /// Writes the next step, keeping currentStatus (its lastUpdateTime times the drain).
 async fn advance(
@@ -137,7 +128,7 @@ async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeue, R
         .await?;
         return Ok(Requeue::after(retry::SHORT, "skipping drain"));
     }
-    let mut node_name = node_label(machine);
+    let mut node_name = node_name_of(machine);
     if node_name.is_empty() {
         node_name = node_by_machine_label(ctx, &name).await.unwrap_or_default();
     }
@@ -200,7 +191,7 @@ async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeue, R
             return Ok(Requeue::after(after, "machine deletion in process"));
         }
     }
-    if node_label(machine) != node_name {
+    if node_name_of(machine) != node_name {
         let mut labelled = machine.clone();
         labelled
             .metadata
@@ -244,7 +235,7 @@ async fn node_by_machine_label(ctx: &Context, machine_name: &str) -> Option<Stri
 
 async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Requeue> {
     let machine = &request.machine;
-    let node_name = node_label(machine);
+    let node_name = node_name_of(machine);
     if node_name.is_empty() {
         let description = format!(
             "Skipping drain as nodeName is not a valid one for machine. {}",
@@ -350,7 +341,7 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Reque
 }
 
 async fn delete_volume_attachments(ctx: &Context, machine: &Machine) -> Result<Requeue, Requeue> {
-    let node_name = node_label(machine);
+    let node_name = node_name_of(machine);
     let op_type = op_type_of(machine);
     let Some(client) = ctx.target.clone() else {
         let description = format!(
@@ -500,7 +491,7 @@ async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<Requeue, R
 }
 
 async fn delete_node(ctx: &Context, machine: &Machine) -> Result<Requeue, Requeue> {
-    let node_name = node_label(machine);
+    let node_name = node_name_of(machine);
     let description = match ctx.nodes() {
         None => format!(
             "No target cluster, continuing deletion flow. {}",

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use kube::ResourceExt;
-
 use mcm_provider_kubevirt::driver::MachineRequest;
 use mcm_provider_kubevirt::mcm::Machine;
 
@@ -14,9 +12,9 @@ use crate::deletion::deletion_flow;
 use crate::finalizers::set_finalizer;
 use crate::health::reconcile_health;
 use crate::machine_class::class_of;
-use crate::names::{MCM_FINALIZER, NODE_LABEL, phase};
+use crate::names::{MCM_FINALIZER, phase};
 use crate::node_sync::sync_node;
-use crate::status::phase_of;
+use crate::status::{node_name_of, phase_of};
 
 /// One reconcile of one machine; always answers when to look again.
 pub async fn reconcile_machine(ctx: &Context, machine: &Machine) -> Requeue {
@@ -59,11 +57,7 @@ pub async fn reconcile_machine(ctx: &Context, machine: &Machine) -> Requeue {
         Err(requeue) => return requeue,
     };
 
-    let node_name = machine
-        .labels()
-        .get(NODE_LABEL)
-        .cloned()
-        .unwrap_or_default();
+    let node_name = node_name_of(machine);
     let current = phase_of(machine);
     let mut recheck: Option<Duration> = None;
     if !node_name.is_empty() && !current.is_empty() {

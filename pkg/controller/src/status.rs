@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineStatus};
 
 use crate::context::{Context, Requeue, retry};
+use crate::names::NODE_LABEL;
 
 /// MCM rewrites a similar status anyway once its lastOperation is this old.
 const FORCE_REWRITE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -48,6 +49,17 @@ pub fn phase_of(machine: &Machine) -> &str {
         .as_ref()
         .and_then(|s| s.current_status.as_ref())
         .and_then(|c| c.phase.as_deref())
+        .unwrap_or_default()
+}
+
+/// The machine's `node` label: the Node backing it, empty before creation recorded it.
+pub fn node_name_of(machine: &Machine) -> String {
+    machine
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NODE_LABEL))
+        .cloned()
         .unwrap_or_default()
 }
 
