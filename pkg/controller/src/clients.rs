@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use tower::limit::RateLimitLayer;
 
 use crate::options::{IN_CLUSTER_CONFIG, Options, TARGET_KUBECONFIG_DISABLED};
 
@@ -84,8 +86,29 @@ pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), Clie
     Ok((with_timeouts(control), target.map(with_timeouts)))
 }
 
-pub fn client(flag: &'static str, config: Config) -> Result<Client, ClientError> {
-    Client::try_from(config).map_err(|source| ClientError::Client { flag, source })
+/// `--kube-api-qps`/`--kube-api-burst` as client-go's token bucket would apply them:
+/// at most `burst` requests in any `burst / qps` seconds, so `qps` on average.
+pub fn rate_limit(qps: f32, burst: i32) -> RateLimitLayer {
+    let burst = u64::try_from(burst).unwrap_or(0).max(1);
+    let qps = if qps.is_finite() && qps > 0.0 {
+        f64::from(qps)
+    } else {
+        1.0
+    };
+    RateLimitLayer::new(burst, Duration::from_secs_f64(burst as f64 / qps))
+}
+
+/// A client of one cluster, rate-limited by the flags.
+pub fn client(
+    flag: &'static str,
+    config: Config,
+    options: &Options,
+) -> Result<Client, ClientError> {
+    let builder =
+        ClientBuilder::try_from(config).map_err(|source| ClientError::Client { flag, source })?;
+    Ok(builder
+        .with_layer(&rate_limit(options.kube_api_qps, options.kube_api_burst))
+        .build())
 }
 
 /// Fails fast, with the server named, when an API server cannot be reached: retried for

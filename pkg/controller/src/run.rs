@@ -66,12 +66,12 @@ fn action(ctx: &Context, controller: &str, requeue: &Requeue) -> Action {
 pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<Context>, RunError> {
     let (control_config, target_config) = configs(options).await?;
     let control_url = control_config.cluster_url.to_string();
-    let control = client("--control-kubeconfig", control_config)?;
+    let control = client("--control-kubeconfig", control_config, options)?;
     ensure_reachable("control cluster", &control, &control_url, STARTUP_PATIENCE).await?;
     let target = match target_config {
         Some(config) => {
             let url = config.cluster_url.to_string();
-            let target = client("--target-kubeconfig", config)?;
+            let target = client("--target-kubeconfig", config, options)?;
             ensure_reachable("target cluster", &target, &url, STARTUP_PATIENCE).await?;
             Some(target)
         }

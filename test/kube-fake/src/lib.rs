@@ -242,12 +242,25 @@ impl FakeApiServer {
 
     /// A kube client talking to this server, with `namespace` as its default.
     pub fn client(&self, namespace: &str) -> kube::Client {
+        kube::Client::new(self.service(), namespace)
+    }
+
+    /// The server as a tower service, for building clients with extra layers.
+    pub fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::io::Error,
+        Future = impl Future<Output = Result<Response<Body>, std::io::Error>> + Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
         let server = self.clone();
-        let service = tower::service_fn(move |request: Request<Body>| {
+        tower::service_fn(move |request: Request<Body>| {
             let server = server.clone();
             async move { server.handle(request).await }
-        });
-        kube::Client::new(service, namespace)
+        })
     }
 
     /// Puts an object into the store directly, as if another actor had created it.
