@@ -64,10 +64,14 @@ async fn config_for(flag: &'static str, value: &str) -> Result<Config, ClientErr
         })
 }
 
-/// Short timeouts: a reconcile must not hang on a dead API server.
+/// Bounded waits, so a reconcile cannot hang on a dead API server. The read timeout
+/// stays above the API server's 290s watch timeout: a quiet watch sends nothing until then,
+/// and a shorter bound would cut every idle watch of the controllers.
 fn with_timeouts(mut config: Config) -> Config {
     config.connect_timeout = Some(Duration::from_secs(10));
-    config.read_timeout = Some(Duration::from_secs(60));
+    config.read_timeout = Some(Duration::from_secs(295));
+    // Count from the request, not from when the pooled connection went idle.
+    config.reset_reader_on_write = true;
     config
 }
 
@@ -86,8 +90,8 @@ pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), Clie
     Ok((with_timeouts(control), target.map(with_timeouts)))
 }
 
-/// `--kube-api-qps`/`--kube-api-burst` as client-go's token bucket would apply them:
-/// at most `burst` requests in any `burst / qps` seconds, so `qps` on average.
+/// `--kube-api-qps`/`--kube-api-burst` as a fixed window: at most `burst` requests in
+/// any `burst / qps` seconds, the long-run rate of client-go's token bucket.
 pub fn rate_limit(qps: f32, burst: i32) -> RateLimitLayer {
     let burst = u64::try_from(burst).unwrap_or(0).max(1);
     let qps = if qps.is_finite() && qps > 0.0 {
@@ -131,6 +135,50 @@ pub async fn ensure_reachable(
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+current-context: c
+clusters:
+- name: c
+  cluster:
+    server: https://127.0.0.1:6443
+contexts:
+- name: c
+  context:
+    cluster: c
+    user: u
+users:
+- name: u
+  user:
+    token: t
+";
+
+    /// Watches of a quiet cluster deliver nothing for up to the API server's 290s watch
+    /// timeout; a read timeout below it would cut them.
+    #[tokio::test]
+    async fn read_timeout_outlasts_an_idle_watch_and_connects_fail_fast() {
+        let path = std::env::temp_dir().join(format!("mcm-kubeconfig-{}", std::process::id()));
+        std::fs::write(&path, KUBECONFIG).unwrap();
+        let options = Options {
+            control_kubeconfig: String::new(),
+            target_kubeconfig: path.display().to_string(),
+            ..Options::default()
+        };
+        let (control, target) = configs(&options).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for config in [control, target.unwrap()] {
+            assert!(config.read_timeout.unwrap() > Duration::from_secs(290));
+            assert!(config.reset_reader_on_write);
+            assert_eq!(config.connect_timeout, Some(Duration::from_secs(10)));
+            assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
         }
     }
 }
