@@ -33,7 +33,7 @@ pub struct ClassSpec {
     kind = "Machine",
     namespaced,
     status = "MachineStatus",
-    shortname = "mach",
+    shortname = "mc",
     derive = "Default",
     derive = "PartialEq"
 )]
