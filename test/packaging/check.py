@@ -112,12 +112,8 @@ def load_crds(where):
             for version in spec.get("versions", []):
                 if not version.get("served"):
                     continue
-                schema = version["schema"]["openAPIV3Schema"]
-                # metadata is the API server's: only its type is in a CRD schema.
-                schema = copy.deepcopy(schema)
-                schema.setdefault("properties", {})["metadata"] = {"type": "object"}
                 crds[(spec["group"], version["name"], spec["names"]["kind"])] = (
-                    structural_to_jsonschema(schema),
+                    structural_to_jsonschema(version["schema"]["openAPIV3Schema"]),
                     spec.get("scope"),
                 )
     if not crds:
