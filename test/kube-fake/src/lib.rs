@@ -10,7 +10,8 @@
 //! collection: tests assert what the client sent and what is stored.
 //!
 //! Every request is recorded, and a fault hook may answer any request instead of the
-//! store (to inject 5xx, 409, 429 or timeouts).
+//! store (to inject 5xx, 409, 429, timeouts or dropped connections), or let the store
+//! apply it and then drop the answer.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +44,11 @@ pub enum Fault {
     Status(u16, String),
     /// Fail the transport (the client sees a service error, as for a dropped connection).
     Drop,
+    /// The request times out before the server sees it.
+    Timeout,
+    /// The server applies the request, then the connection drops before the answer: the
+    /// client sees an error although the write happened (a crash right after a write).
+    DropAfterApply,
 }
 
 type FaultHook = Box<dyn FnMut(&Recorded, usize) -> Option<Fault> + Send>;
@@ -359,11 +365,16 @@ impl FakeApiServer {
                 Some(Fault::Status(code, message)) => {
                     return Ok(respond(code, &status_body(code, reason_of(code), &message)));
                 }
-                Some(Fault::Drop) => {
+                Some(Fault::Drop) => return Err(dropped()),
+                Some(Fault::Timeout) => {
                     return Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "connection dropped by fault injection",
+                        std::io::ErrorKind::TimedOut,
+                        "request timed out by fault injection",
                     ));
+                }
+                Some(Fault::DropAfterApply) => {
+                    serve(&mut state, &recorded);
+                    return Err(dropped());
                 }
                 None => {}
             }
@@ -371,6 +382,13 @@ impl FakeApiServer {
         let (code, body) = serve(&mut state, &recorded);
         Ok(respond(code, &body))
     }
+}
+
+fn dropped() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection dropped by fault injection",
+    )
 }
 
 fn not_found(collection: &str, name: &str) -> (u16, Value) {
