@@ -177,6 +177,39 @@ async fn create_after_a_failure_between_writes_completes_the_work() {
     assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "m-1");
 }
 
+/// MCM stops calling CreateMachine once GetMachineStatus finds the VM, so a create that
+/// wrote the VM but lost the answer is finished by the status call.
+#[tokio::test]
+async fn status_finishes_a_create_interrupted_before_the_owner_reference() {
+    let (server, spi) = setup();
+    // The VM is written, then the connection drops: the owner reference never follows.
+    server.set_fault(|request, _| {
+        (request.method == "POST" && request.path == VMS).then_some(Fault::DropAfterApply)
+    });
+    spi.create_machine(&create_request("m-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.names(VMS), ["m-1"]);
+    let secret = server.get(SECRETS, "userdata-m-1").unwrap();
+    assert!(secret["metadata"]["ownerReferences"].is_null());
+
+    server.clear_fault();
+    spi.get_machine_status(&machine_ref("m-1")).await.unwrap();
+    let secret = server.get(SECRETS, "userdata-m-1").unwrap();
+    let vm = server.get(VMS, "m-1").unwrap();
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        vm["metadata"]["uid"]
+    );
+
+    // Already owned, or gone: nothing more is written.
+    server.clear_requests();
+    spi.get_machine_status(&machine_ref("m-1")).await.unwrap();
+    server.remove(SECRETS, "userdata-m-1");
+    spi.get_machine_status(&machine_ref("m-1")).await.unwrap();
+    assert!(server.requests().iter().all(|r| r.method == "GET"));
+}
+
 #[tokio::test]
 async fn create_never_takes_over_foreign_objects() {
     let (server, spi) = setup();

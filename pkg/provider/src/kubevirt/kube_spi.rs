@@ -208,6 +208,7 @@ impl<F: ClientFactory> KubeVirtSpi<F> {
     }
 
     /// Makes the VM the userdata Secret's owner, so deleting the VM collects the Secret.
+    /// A missing Secret is left missing: the VM has booted from it or will not need it.
     async fn adopt_user_data_secret(
         &self,
         apis: &Apis,
@@ -225,11 +226,14 @@ impl<F: ClientFactory> KubeVirtSpi<F> {
             controller: Some(true),
             block_owner_deletion: None,
         };
-        let current = apis
+        let Some(current) = apis
             .secrets
-            .get(secret_name)
+            .get_opt(secret_name)
             .await
-            .map_err(|e| api_error(format!("get userdata Secret {secret_name:?}"), e))?;
+            .map_err(|e| api_error(format!("get userdata Secret {secret_name:?}"), e))?
+        else {
+            return Ok(());
+        };
         if current.owner_references().contains(&owner) {
             return Ok(());
         }
@@ -378,11 +382,20 @@ impl<F: ClientFactory> PluginSpi for KubeVirtSpi<F> {
             .await
             .map_err(|e| api_error(format!("get VirtualMachine {name:?}"), e))?
             .ok_or_else(|| SpiError::NotFound(name.to_owned()))?;
-        if machine.ownership.owner_of(vm.metadata.labels.as_ref()) == Owner::Foreign {
-            return Err(SpiError::NotOwned {
-                kind: "VirtualMachine",
-                name: name.to_owned(),
-            });
+        match machine.ownership.owner_of(vm.metadata.labels.as_ref()) {
+            Owner::Foreign => {
+                return Err(SpiError::NotOwned {
+                    kind: "VirtualMachine",
+                    name: name.to_owned(),
+                });
+            }
+            // MCM calls CreateMachine no more once the VM is found, so an attempt that
+            // stopped between VM and ownership is finished here.
+            Owner::Ours => {
+                self.adopt_user_data_secret(&apis, &vm, &user_data_secret_name(name))
+                    .await?;
+            }
+            Owner::Legacy => {}
         }
         self.status_of(&apis, name).await
     }
