@@ -329,3 +329,88 @@ impl World {
             .unwrap_or(Value::Null)
     }
 }
+
+// --- The real KubeVirt driver over the fake server -----------------------------------------
+//
+// One in-memory server plays control cluster (Machines in NS), target cluster (Nodes,
+// kube-system) and KubeVirt provider cluster (VMs and userdata Secrets in VM_NS), so a test
+// sees every write of the whole stack: reconcile -> driver -> KubeVirt SPI.
+
+pub const VM_NS: &str = "vms";
+pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/vms/virtualmachines";
+pub const VM_SECRETS: &str = "/api/v1/namespaces/vms/secrets";
+/// Markers that must never leave the Secret they are in (logs, errors, statuses).
+pub const KUBECONFIG_TOKEN: &str = "kubeconfig-token-7d2f9c";
+pub const USER_DATA_MARKER: &str = "userdata-marker-51e8a0";
+
+/// Provider-cluster clients from the fake server: the driver parses the kubeconfig (and
+/// takes its namespace) as it would for a real cluster, but talks to the double.
+pub struct FakeProviderClients(pub FakeApiServer);
+
+#[async_trait]
+impl mcm_provider_kubevirt::kubevirt::kube_spi::ClientFactory for FakeProviderClients {
+    async fn client(
+        &self,
+        access: &mcm_provider_kubevirt::secret::ClusterAccess,
+    ) -> Result<kube::Client, mcm_provider_kubevirt::spi::SpiError> {
+        Ok(self.0.client(&access.namespace))
+    }
+}
+
+pub fn provider_kubeconfig() -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: kv\nclusters:\n- name: kv\n  cluster:\n    server: https://kubevirt.example:6443\ncontexts:\n- name: kv\n  context:\n    cluster: kv\n    user: u\n    namespace: {VM_NS}\nusers:\n- name: u\n  user:\n    token: {KUBECONFIG_TOKEN}\n"
+    )
+}
+
+/// A context as a freshly started sidecar would have it, over the server's store.
+pub fn kubevirt_context(server: &FakeApiServer) -> Context {
+    let driver = mcm_provider_kubevirt::MachinePlugin::new(
+        mcm_provider_kubevirt::KubeVirtSpi::new(FakeProviderClients(server.clone())),
+    );
+    Context::new(
+        server.client(NS),
+        Some(server.client("default")),
+        Arc::new(driver),
+        options(&[]),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// The control cluster with a KubeVirt MachineClass "class-a" and its Secret.
+pub fn kubevirt_server() -> FakeApiServer {
+    let server = FakeApiServer::new();
+    let user_data = format!(
+        "#cloud-config\nruncmd: [echo {USER_DATA_MARKER} <<BOOTSTRAP_TOKEN>> <<MACHINE_NAME>>]\n"
+    );
+    server.insert(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud", "namespace": NS},
+               "data": {"userData": b64(&user_data), "kubeconfig": b64(&provider_kubeconfig())}}),
+    );
+    server.insert(
+        CLASSES,
+        json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+               "metadata": {"name": "class-a", "namespace": NS,
+                            "finalizers": ["machine.sapcloud.io/machine-controller-manager"]},
+               "provider": "KubeVirt",
+               "providerSpec": {
+                   "region": "r", "zone": "z",
+                   "resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
+                   "rootVolume": {"pvc": {"resources": {"requests": {"storage": "8Gi"}}},
+                                  "source": {"blank": {}}}},
+               "secretRef": {"name": "cloud", "namespace": NS}}),
+    );
+    server
+}
+
+/// Reconciles the stored machine, read from the store directly: the controller's watch
+/// delivers it, and a fault test must not fail on its own reads. `None` once it is gone.
+pub async fn reconcile_stored(
+    ctx: &Context,
+    server: &FakeApiServer,
+    name: &str,
+) -> Option<mcm_machine_controller::Requeue> {
+    let machine = serde_json::from_value(server.get(MACHINES, name)?).ok()?;
+    Some(mcm_machine_controller::machine::reconcile_machine(ctx, &machine).await)
+}
