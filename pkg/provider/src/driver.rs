@@ -12,12 +12,13 @@ use k8s_openapi::api::core::v1::{NodeAddress, PersistentVolumeSpec, Secret};
 use tracing::{debug, info, warn};
 
 use crate::codes::MachineError;
-use crate::field::{FieldError, FieldErrors, FieldPath, is_dns1123_label};
+use crate::field::FieldErrors;
 use crate::kubevirt::ownership::{Ownership, encode_provider_id};
 use crate::mcm::{Machine, MachineClass};
 use crate::provider_spec::decode_provider_spec;
 use crate::secret::{ClusterAccess, ProviderSecret};
 use crate::spi::{CreateRequest, DeleteOutcome, ListRequest, MachineRef, PluginSpi, SpiError};
+use crate::validation::validate_machine_name;
 
 /// The CSI driver of KubeVirt's hot-plugged volumes (kubevirt-csi-driver).
 pub const KUBEVIRT_CSI_DRIVER: &str = "csi.kubevirt.io";
@@ -144,23 +145,9 @@ fn invalid(errors: FieldErrors) -> MachineError {
     MachineError::invalid_argument(errors.to_string())
 }
 
-/// The machine name becomes the VM, node and label value, so it must be a DNS-1123 label.
-fn ownership(request: &MachineRequest) -> Result<Ownership, MachineError> {
+fn ownership(request: &MachineRequest) -> Result<Ownership, FieldErrors> {
     let name = request.machine.metadata.name.clone().unwrap_or_default();
-    if !is_dns1123_label(&name) {
-        let path = FieldPath::new("machine").child("metadata").child("name");
-        let error = if name.is_empty() {
-            FieldError::required(&path, "cannot be empty")
-        } else {
-            FieldError::invalid(
-                &path,
-                format!(
-                    "{name:?} must be a DNS-1123 label (at most 63 lowercase alphanumerics or '-')"
-                ),
-            )
-        };
-        return Err(invalid(error.into()));
-    }
+    validate_machine_name(&name).into_result()?;
     Ok(Ownership {
         machine_name: name,
         machine_class: request
@@ -173,10 +160,19 @@ fn ownership(request: &MachineRequest) -> Result<Ownership, MachineError> {
     })
 }
 
+/// What delete, status and list need: a valid name and kubeconfig, nothing of the spec.
 fn machine_ref(request: &MachineRequest) -> Result<MachineRef, MachineError> {
-    let ownership = ownership(request)?;
-    let access = ClusterAccess::from_secret(&request.secret).map_err(invalid)?;
-    Ok(MachineRef { ownership, access })
+    match (
+        ownership(request),
+        ClusterAccess::from_secret(&request.secret),
+    ) {
+        (Ok(ownership), Ok(access)) => Ok(MachineRef { ownership, access }),
+        (ownership, access) => {
+            let mut errors = ownership.err().unwrap_or_default();
+            errors.extend(access.err().unwrap_or_default());
+            Err(invalid(errors))
+        }
+    }
 }
 
 /// Turns an SPI failure into MCM's error, with the operation named for the operator.
@@ -195,19 +191,22 @@ impl<S: PluginSpi> Driver for MachinePlugin<S> {
         &self,
         request: &CreateMachineRequest,
     ) -> Result<CreateMachineResponse, MachineError> {
-        let ownership = ownership(request)?;
-        let name = ownership.machine_name.clone();
         let mut errors = FieldErrors::default();
+        let ownership = ownership(request).map_err(|e| errors.extend(e)).ok();
         let spec = decode_provider_spec(&request.machine_class.provider_spec)
             .map_err(|e| errors.extend(e))
             .ok();
         let secret = ProviderSecret::from_secret(&request.secret)
             .map_err(|e| errors.extend(e))
             .ok();
-        let (Some(spec), Some(secret)) = (spec, secret) else {
-            info!(machine = %name, "CreateMachine rejected: {errors}");
+        let (Some(ownership), Some(spec), Some(secret)) = (ownership, spec, secret) else {
+            info!(
+                machine = request.machine.metadata.name.as_deref().unwrap_or_default(),
+                "CreateMachine rejected: {errors}"
+            );
             return Err(invalid(errors));
         };
+        let name = ownership.machine_name.clone();
         debug!(machine = %name, "CreateMachine");
         let status = self
             .spi

@@ -1,8 +1,9 @@
 //! `KubeVirtProviderSpec`: the `providerSpec` of a MachineClass.
 //!
 //! Field for field the Go provider's spec, so its MachineClasses keep working. Decoding is
-//! strict: a field the schema does not know is reported by its path instead of being
-//! silently dropped, which is what a typo in a MachineClass otherwise turns into.
+//! strict: every field the schema does not know, at any depth, is reported by its path
+//! instead of being silently dropped, which is what a typo in a MachineClass otherwise
+//! turns into.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,8 @@ pub const ROOT_DISK_NAME: &str = "root-disk";
 
 /// Parameters of the KubeVirt VMs of one MachineClass.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct KubeVirtProviderSpec {
     /// Region of the VM; `default` selects nodes without a region label.
     #[serde(default)]
@@ -78,7 +80,8 @@ pub struct KubeVirtProviderSpec {
 
 /// A volume beyond the root volume: exactly one of `dataVolume` and `volumeSource`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct AdditionalVolumeSpec {
     /// Matches a `devices.disks[].name` to customise the disk.
     #[serde(default)]
@@ -91,7 +94,8 @@ pub struct AdditionalVolumeSpec {
 
 /// An existing source: exactly one of its members.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct VolumeSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
@@ -101,10 +105,10 @@ pub struct VolumeSource {
     pub secret: Option<SecretVolumeSource>,
 }
 
-/// Devices of the VM. The booleans are always serialised: strict decoding compares the
-/// input with the decoded value, and a skipped `false` would read as an unknown field.
+/// Devices of the VM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Devices {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<Disk>,
@@ -118,7 +122,8 @@ pub struct Devices {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// NetworkAttachmentDefinition, `name` or `namespace/name`.
     #[serde(default)]
@@ -151,32 +156,52 @@ pub fn decode_provider_spec(raw: &Value) -> Result<KubeVirtProviderSpec, FieldEr
         };
         return Err(FieldError::new(FieldErrorKind::Invalid, &root, detail).into());
     }
-    let spec: KubeVirtProviderSpec = serde_path_to_error::deserialize(raw).map_err(|error| {
-        let path = join_serde_path(&root, error.path());
-        let inner = error.into_inner().to_string();
-        match inner.strip_prefix("unknown field ") {
-            // The path already ends at the unknown field.
-            Some(rest) => FieldError::new(FieldErrorKind::Unknown, &path, hint(rest)),
-            None => FieldError::invalid(&path, inner),
-        }
-    })?;
-
-    // deny_unknown_fields covers this crate's structs; the generated KubeVirt and CDI
-    // types ignore unknown keys, so compare what was given with what was understood.
-    let understood = serde_json::to_value(&spec)
-        .map_err(|e| FieldError::invalid(&root, format!("cannot be re-encoded: {e}")))?;
+    // Nulls count as absent, as in the Go provider (and a null is never a typo to report).
+    let given = without_nulls(raw);
+    let mut unknown = Vec::new();
+    let mut record_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&root, &path));
+    let decoded: Result<KubeVirtProviderSpec, _> = serde_path_to_error::deserialize(
+        serde_ignored::Deserializer::new(&given, &mut record_unknown),
+    );
     let mut errors = FieldErrors::default();
-    find_unknown_fields(&root, raw, &understood, &mut errors);
+    for path in unknown {
+        errors.push(FieldError::new(FieldErrorKind::Unknown, &path, ""));
+    }
+    let spec = match decoded {
+        Ok(spec) => spec,
+        Err(error) => {
+            let path = join_serde_path(&root, error.path());
+            let message = error.into_inner().to_string();
+            errors.push(match missing_field(&message) {
+                Some(field) => FieldError::required(&path.child(field), "must be given"),
+                None => FieldError::invalid(&path, message),
+            });
+            return Err(errors);
+        }
+    };
     errors.into_result()?;
     crate::validation::validate_provider_spec(&spec).into_result()?;
     Ok(spec)
 }
 
-fn hint(serde_message: &str) -> String {
-    match serde_message.split_once("expected one of ") {
-        Some((_, known)) => format!("known fields: {known}"),
-        None => String::new(),
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(key, value)| (key.clone(), without_nulls(value)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
     }
+}
+
+/// serde's "missing field `name`", which belongs to the field rather than its parent.
+fn missing_field(serde_message: &str) -> Option<&str> {
+    serde_message
+        .strip_prefix("missing field `")?
+        .strip_suffix('`')
 }
 
 fn join_serde_path(root: &FieldPath, path: &serde_path_to_error::Path) -> FieldPath {
@@ -190,34 +215,15 @@ fn join_serde_path(root: &FieldPath, path: &serde_path_to_error::Path) -> FieldP
         })
 }
 
-fn find_unknown_fields(
-    path: &FieldPath,
-    given: &Value,
-    understood: &Value,
-    errors: &mut FieldErrors,
-) {
-    match (given, understood) {
-        (Value::Object(given), Value::Object(understood)) => {
-            for (key, value) in given {
-                if value.is_null() {
-                    continue;
-                }
-                match understood.get(key) {
-                    Some(inner) => find_unknown_fields(&path.child(key), value, inner, errors),
-                    None => errors.push(FieldError::new(
-                        FieldErrorKind::Unknown,
-                        &path.child(key),
-                        "",
-                    )),
-                }
-            }
-        }
-        (Value::Array(given), Value::Array(understood)) => {
-            for (index, (value, inner)) in given.iter().zip(understood).enumerate() {
-                find_unknown_fields(&path.index(index), value, inner, errors);
-            }
-        }
-        _ => {}
+fn ignored_path(root: &FieldPath, path: &serde_ignored::Path) -> FieldPath {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => root.clone(),
+        Path::Seq { parent, index } => ignored_path(root, parent).index(*index),
+        Path::Map { parent, key } => ignored_path(root, parent).child(key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(root, parent),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Semantic checks of a decoded provider spec: the Go provider's rules, plus the ones
-//! that keep the VM, its labels and its volumes valid before the API server sees them.
+//! that keep the VM, its labels and its volumes valid before the API server sees them;
+//! and of the machine name the VM is named after.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +16,23 @@ use crate::provider_spec::kubevirt_types::DataVolumeSpec;
 use crate::provider_spec::{KubeVirtProviderSpec, ROOT_DISK_NAME, spec_root};
 
 const DNS_POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+
+/// The machine name becomes the VM, node and label value, so it must be a DNS-1123 label.
+pub fn validate_machine_name(name: &str) -> FieldErrors {
+    let path = FieldPath::new("machine").child("metadata").child("name");
+    let mut errors = FieldErrors::default();
+    if name.is_empty() {
+        errors.push(FieldError::required(&path, "cannot be empty"));
+    } else if !is_dns1123_label(name) {
+        errors.push(FieldError::invalid(
+            &path,
+            format!(
+                "{name:?} must be a DNS-1123 label (at most 63 lowercase alphanumerics or '-')"
+            ),
+        ));
+    }
+    errors
+}
 
 /// All problems of the spec at once, each naming its field.
 pub fn validate_provider_spec(spec: &KubeVirtProviderSpec) -> FieldErrors {
@@ -44,11 +62,29 @@ pub fn validate_provider_spec(spec: &KubeVirtProviderSpec) -> FieldErrors {
     );
     let requests = spec.resources.requests.as_ref();
     for resource in ["memory", "cpu"] {
-        if !is_positive(requests.and_then(|r| r.get(resource))) {
-            errors.push(FieldError::required(
-                &resources.child("requests").child(resource),
-                "cannot be zero",
-            ));
+        require_positive(
+            &resources.child("requests").child(resource),
+            requests.and_then(|r| r.get(resource)),
+            &mut errors,
+        );
+    }
+
+    if let Some(cpu) = &spec.cpu {
+        // KubeVirt's counts are unsigned; its CRD schema lets a negative one through to the
+        // webhook, which then fails with a decoding error naming no field.
+        let counts = [
+            ("cores", cpu.cores),
+            ("sockets", cpu.sockets),
+            ("threads", cpu.threads),
+            ("maxSockets", cpu.max_sockets),
+        ];
+        for (field, count) in counts {
+            if count.is_some_and(|count| count < 0) {
+                errors.push(FieldError::invalid(
+                    &root.child("cpu").child(field),
+                    "must not be negative",
+                ));
+            }
         }
     }
 
@@ -242,12 +278,11 @@ fn validate_data_volume(path: &FieldPath, volume: &DataVolumeSpec, errors: &mut 
     };
     let requests_path = claim_path.child("resources").child("requests");
     validate_quantities(&requests_path, requests, errors);
-    if !is_positive(requests.and_then(|r| r.get("storage"))) {
-        errors.push(FieldError::required(
-            &requests_path.child("storage"),
-            "cannot be zero",
-        ));
-    }
+    require_positive(
+        &requests_path.child("storage"),
+        requests.and_then(|r| r.get("storage")),
+        errors,
+    );
 }
 
 fn quantity_text(value: &IntOrString) -> String {
@@ -261,11 +296,20 @@ fn parse_quantity(value: &IntOrString) -> Option<ParsedQuantity> {
     ParsedQuantity::try_from(quantity_text(value).as_str()).ok()
 }
 
-fn is_positive(value: Option<&IntOrString>) -> bool {
-    value
-        .and_then(parse_quantity)
-        .and_then(|quantity| quantity.to_bytes_f64())
-        .is_some_and(|amount| amount > 0.0)
+/// A quantity that must be given and above zero; one that does not parse is reported by
+/// [`validate_quantities`] already.
+fn require_positive(path: &FieldPath, value: Option<&IntOrString>, errors: &mut FieldErrors) {
+    let Some(value) = value else {
+        errors.push(FieldError::required(path, "must be given"));
+        return;
+    };
+    let amount = parse_quantity(value).and_then(|quantity| quantity.to_bytes_f64());
+    if amount.is_some_and(|amount| amount <= 0.0) {
+        errors.push(FieldError::invalid(
+            path,
+            format!("{:?} must be above zero", quantity_text(value)),
+        ));
+    }
 }
 
 fn validate_quantities(
@@ -320,7 +364,7 @@ mod tests {
                 }),
             ),
             (
-                "providerSpec.resources.requests.memory: Required value",
+                "providerSpec.resources.requests.memory: Invalid value: \"0\" must be above zero",
                 Box::new(|s| s["resources"]["requests"]["memory"] = json!("0")),
             ),
             (
