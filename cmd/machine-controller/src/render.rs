@@ -9,13 +9,13 @@ use clap::Args;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use mcm_provider_kubevirt::driver::cluster_identity;
-use mcm_provider_kubevirt::field::is_dns1123_label;
 use mcm_provider_kubevirt::kubevirt::ownership::Ownership;
 use mcm_provider_kubevirt::kubevirt::vm::compose_machine;
 use mcm_provider_kubevirt::mcm::MachineClass;
 use mcm_provider_kubevirt::provider_spec::decode_provider_spec;
-use mcm_provider_kubevirt::secret::ProviderSecret;
+use mcm_provider_kubevirt::secret::{ProviderSecret, withheld_yaml_error};
 use mcm_provider_kubevirt::spi::CreateRequest;
+use mcm_provider_kubevirt::validation::validate_machine_name;
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
@@ -52,31 +52,26 @@ pub fn render(args: &RenderArgs) -> Result<String> {
     let class: MachineClass =
         serde_saphyr::from_str(&read_text(&args.machine_class, "MachineClass")?)
             .with_context(|| format!("{} is not a MachineClass", args.machine_class.display()))?;
-    // The parser's message is not passed on: it may quote the credentials in the file.
     let secret: Secret =
-        serde_saphyr::from_str(&read_text(&args.secret, "Secret")?).map_err(|_| {
+        serde_saphyr::from_str(&read_text(&args.secret, "Secret")?).map_err(|error| {
             anyhow::anyhow!(
-                "{} is not a Secret (YAML or field types invalid)",
-                args.secret.display()
+                "{} is not a Secret ({})",
+                args.secret.display(),
+                withheld_yaml_error(&error)
             )
         })?;
     let secret = merged_secret_data(secret);
-    if !is_dns1123_label(&args.machine_name) {
-        bail!(
-            "--machine-name {:?} must be a DNS-1123 label (at most 63 lowercase alphanumerics or '-')",
-            args.machine_name
-        );
-    }
 
-    let spec = decode_provider_spec(&class.provider_spec);
-    let provider_secret = ProviderSecret::from_secret(&secret);
-    let (spec, provider_secret) = match (spec, provider_secret) {
-        (Ok(spec), Ok(secret)) => (spec, secret),
-        (spec, secret) => {
-            let mut errors = spec.err().unwrap_or_default();
-            errors.extend(secret.err().unwrap_or_default());
-            bail!("invalid input: {errors}");
-        }
+    let mut errors = validate_machine_name(&args.machine_name);
+    let spec = decode_provider_spec(&class.provider_spec)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let provider_secret = ProviderSecret::from_secret(&secret)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(spec), Some(provider_secret), true) = (spec, provider_secret, errors.is_empty())
+    else {
+        bail!("invalid input: {errors}");
     };
     let request = CreateRequest {
         ownership: Ownership {

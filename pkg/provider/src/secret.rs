@@ -8,7 +8,9 @@ use std::fmt;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::config::Kubeconfig;
+use kube::Config;
+use kube::client::ConfigExt;
+use kube::config::{AuthInfo, Cluster, Kubeconfig, KubeconfigError};
 
 use crate::field::{FieldError, FieldErrorKind, FieldErrors, FieldPath};
 
@@ -58,6 +60,11 @@ fn data_root() -> FieldPath {
     FieldPath::new("secret").child("data")
 }
 
+/// Where the kubeconfig is named in errors, including those of clients built from it.
+pub fn kubeconfig_path() -> FieldPath {
+    data_root().child(KUBECONFIG_KEY)
+}
+
 fn secret_data(secret: &Secret) -> BTreeMap<String, ByteString> {
     secret.data.clone().unwrap_or_default()
 }
@@ -69,7 +76,7 @@ impl ClusterAccess {
     }
 
     pub fn from_data(data: &BTreeMap<String, ByteString>) -> Result<ClusterAccess, FieldErrors> {
-        let path = data_root().child(KUBECONFIG_KEY);
+        let path = kubeconfig_path();
         match data.get(KUBECONFIG_KEY).map(|bytes| bytes.0.as_slice()) {
             None | Some([]) => Err(FieldError::required(&path, "cannot be empty").into()),
             Some(bytes) => {
@@ -116,14 +123,28 @@ impl ProviderSecret {
     }
 }
 
+/// Where a YAML document holding credentials is broken, without the parser's message:
+/// that may quote the document.
+pub fn withheld_yaml_error(error: &serde_saphyr::Error) -> String {
+    let at = error
+        .location()
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    format!("invalid{at}; details withheld as they may quote credentials")
+}
+
 /// Parses a kubeconfig and resolves the namespace of its current context.
 ///
 /// Errors describe the structure only: the YAML parser's messages can quote values,
 /// and those values are tokens and keys.
 fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
-    let kubeconfig = Kubeconfig::from_yaml(text)
-        .map_err(|_| "is not a kubeconfig (YAML parse failed; details withheld as they may quote credentials)".to_owned())?;
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|error| match &error {
+        KubeconfigError::Parse(yaml) => {
+            format!("is not a kubeconfig ({})", withheld_yaml_error(yaml))
+        }
+        _ => "is not a kubeconfig".to_owned(),
+    })?;
 
     let current = kubeconfig
         .current_context
@@ -150,6 +171,15 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
     if cluster.server.as_deref().is_none_or(str::is_empty) {
         return Err(format!("cluster {:?} has no server", context.cluster));
     }
+    let user = context.user.as_deref().and_then(|name| {
+        kubeconfig
+            .auth_infos
+            .iter()
+            .find(|named| named.name == name)
+            .and_then(|named| named.auth_info.as_ref())
+    });
+    refuse_local_references(&context.cluster, cluster, context.user.as_deref(), user)?;
+    check_client_config(&kubeconfig)?;
     let namespace = context
         .namespace
         .clone()
@@ -159,6 +189,75 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
         kubeconfig,
         namespace,
     })
+}
+
+/// A provider secret comes from the cluster's owner, yet the kubeconfig is used inside
+/// the sidecar: a credential plugin would run a program there, and a file reference would
+/// read the sidecar's own files (its service account token, say) and send them to the
+/// server the kubeconfig names. Only inline credentials are accepted, as Gardener does.
+fn refuse_local_references(
+    cluster_name: &str,
+    cluster: &Cluster,
+    user_name: Option<&str>,
+    user: Option<&AuthInfo>,
+) -> Result<(), String> {
+    if cluster.certificate_authority.is_some() {
+        return Err(format!(
+            "cluster {cluster_name:?} refers to a certificate-authority file; use certificate-authority-data"
+        ));
+    }
+    let Some(user) = user else { return Ok(()) };
+    let user_name = user_name.unwrap_or_default();
+    let refused = [
+        (user.exec.is_some(), "an exec credential plugin"),
+        (user.auth_provider.is_some(), "an auth-provider"),
+        (user.token_file.is_some(), "a tokenFile; use token"),
+        (
+            user.client_certificate.is_some(),
+            "a client-certificate file; use client-certificate-data",
+        ),
+        (
+            user.client_key.is_some(),
+            "a client-key file; use client-key-data",
+        ),
+    ];
+    match refused.iter().find(|(given, _)| *given) {
+        Some((_, what)) => Err(format!(
+            "user {user_name:?} has {what} (programs and files of the sidecar are not used for provider clusters)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The client configuration kube derives from the kubeconfig, built as the SPI builds it
+/// but without connecting: server URL, certificate authority and client identity. kube's
+/// own messages are not passed on, as they may quote what they could not parse.
+fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
+    let config = Config::try_from(kubeconfig.clone()).map_err(|error| {
+        match error {
+            KubeconfigError::MissingClusterUrl | KubeconfigError::ParseClusterUrl(_) => {
+                "has a server that is not a URL"
+            }
+            KubeconfigError::ParseProxyUrl(_) => "has a proxy-url that is not a URL",
+            KubeconfigError::LoadCertificateAuthority(_)
+            | KubeconfigError::ParseCertificates(_) => {
+                "has certificate-authority-data that is not base64-encoded PEM"
+            }
+            KubeconfigError::LoadClientCertificate(_) | KubeconfigError::LoadClientKey(_) => {
+                "has client-certificate-data or client-key-data that is not base64-encoded PEM"
+            }
+            _ => "cannot be turned into a client configuration",
+        }
+        .to_owned()
+    })?;
+    if config.root_cert.as_ref().is_some_and(Vec::is_empty) {
+        return Err("has certificate-authority-data that holds no PEM certificate".to_owned());
+    }
+    config.rustls_client_config().map_err(|_| {
+        "has a client certificate, client key or certificate authority that TLS cannot use"
+            .to_owned()
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -99,20 +99,14 @@ async fn sidecar_creates_deletes_and_collects_orphans() {
     eprintln!("e2e namespace {ns}");
 
     // The provider secret: this cluster, with the test namespace for the VMs.
-    let mut provider_kubeconfig = kubeconfig.clone();
-    let current = provider_kubeconfig
-        .current_context
-        .clone()
+    let kubeconfig_dir = PathBuf::from(&kubeconfig_path)
+        .parent()
+        .map(PathBuf::from)
         .unwrap_or_default();
-    for context in &mut provider_kubeconfig.contexts {
-        if context.name == current
-            && let Some(c) = context.context.as_mut()
-        {
-            c.namespace = Some(ns.clone());
-        }
-    }
-    let provider_kubeconfig =
-        serde_saphyr::to_string(&provider_kubeconfig).expect("kubeconfig serializes");
+    let kubeconfig_text =
+        std::fs::read_to_string(&kubeconfig_path).expect("E2E_KUBECONFIG is readable");
+    let provider_kubeconfig = e2e::provider_kubeconfig(&kubeconfig_text, &kubeconfig_dir, &ns)
+        .unwrap_or_else(|why| panic!("E2E_KUBECONFIG {why}"));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret = Secret {
         metadata: ObjectMeta {

@@ -19,11 +19,12 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::codes::MachineCode;
+use crate::field::FieldError;
 use crate::kubevirt::ownership::{
     MACHINE_LABEL, Owner, Ownership, cluster_selector, encode_provider_id, user_data_secret_name,
 };
 use crate::kubevirt::vm::compose_machine;
-use crate::secret::ClusterAccess;
+use crate::secret::{ClusterAccess, kubeconfig_path};
 use crate::spi::{
     CreateRequest, DeleteOutcome, ListRequest, MachineRef, PluginSpi, SpiError, VmStatus,
 };
@@ -41,12 +42,16 @@ pub struct KubeconfigClientFactory;
 #[async_trait]
 impl ClientFactory for KubeconfigClientFactory {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
-        // kube's messages here may name kubeconfig entries; they are withheld so a
+        // kube's messages here may quote kubeconfig entries; they are withheld so a
         // malformed credential never reaches logs or the Machine status.
-        let unusable = |what: &str| SpiError::Api {
-            action: "use the kubeconfig of the provider secret".to_owned(),
-            code: MachineCode::InvalidArgument,
-            message: format!("{what} failed (details withheld as they may quote credentials)"),
+        let unusable = |what: &str| {
+            SpiError::InvalidInput(
+                FieldError::invalid(
+                    &kubeconfig_path(),
+                    format!("{what} failed (details withheld as they may quote credentials)"),
+                )
+                .into(),
+            )
         };
         let config = Config::from_custom_kubeconfig(
             access.kubeconfig.clone(),
