@@ -3,6 +3,7 @@
 //! `render` and `schema` work without a cluster.
 
 mod render;
+mod serve_grpc;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,21 +32,23 @@ enum Command {
     Render(render::RenderArgs),
     /// Print the JSON schema of the MachineClass providerSpec.
     Schema,
+    /// Serve the driver over gRPC (the cmi.v1 protocol) instead of running the sidecar.
+    ServeGrpc(serve_grpc::ServeGrpcArgs),
 }
 
 /// `--v` as a tracing filter: klog's 0-3 are info, 4-5 debug, 6+ trace. RUST_LOG wins.
-fn init_logging(options: &Options) {
-    let level = match options.verbosity {
+fn init_logging(verbosity: u8, format: &str) {
+    let level = match verbosity {
         0..=3 => "info",
         4..=5 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,machine_controller={level},mcm_machine_controller={level},mcm_provider_kubevirt={level},kube_lease_manager=info")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,machine_controller={level},mcm_machine_controller={level},mcm_provider_kubevirt={level},mcm_grpc_driver={level},kube_lease_manager=info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if options.logging_format == "json" {
+    if format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -59,7 +62,7 @@ fn run_sidecar(options: Options) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    init_logging(&options);
+    init_logging(options.verbosity, &options.logging_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -92,6 +95,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Some(Command::ServeGrpc(args)) => {
+            init_logging(args.verbosity, &args.logging_format);
+            let served = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(serve_grpc::serve_grpc(args)));
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Some(Command::Schema) => {
             let schema = mcm_provider_kubevirt::provider_spec::provider_spec_schema();
             match serde_json::to_string_pretty(&schema) {
