@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use http::HeaderValue;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Config;
 use kube::client::ConfigExt;
 use kube::config::{AuthInfo, Cluster, Kubeconfig, KubeconfigError};
+use secrecy::ExposeSecret;
 
 use crate::field::{FieldError, FieldErrorKind, FieldErrors, FieldPath};
 
@@ -256,6 +258,16 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
     config.rustls_client_config().map_err(|_| {
         "has a client certificate, client key or certificate authority that TLS cannot use"
             .to_owned()
+    })?;
+    // kube turns the token into a header with `expect`: a line break in it (a `|` block
+    // in the Secret, say) would panic when the client is built.
+    if let Some(token) = &config.auth_info.token
+        && HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).is_err()
+    {
+        return Err("has a token that cannot be sent as an HTTP header (a line break or control character in it?)".to_owned());
+    }
+    config.extra_headers_layer().map_err(|_| {
+        "has impersonation settings (as, as-groups, as-user-extra) that cannot be sent as HTTP headers".to_owned()
     })?;
     Ok(())
 }

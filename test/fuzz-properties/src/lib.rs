@@ -4,9 +4,11 @@
 //! property fails; `tests/seeds.rs` replays the seeds and earlier findings through them.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use k8s_openapi::ByteString;
 use kube::config::Kubeconfig;
+use mcm_provider_kubevirt::kubevirt::kube_spi::{ClientFactory, KubeconfigClientFactory};
 use mcm_provider_kubevirt::kubevirt::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Ownership};
 use mcm_provider_kubevirt::kubevirt::userdata::merge_ssh_keys;
 use mcm_provider_kubevirt::kubevirt::vm::{USER_DATA_SECRET_KEY, compose_machine};
@@ -126,11 +128,28 @@ pub fn cloud_config(data: &[u8]) {
     }
 }
 
-/// Any bytes as the Secret's kubeconfig: accepted with a namespace, or rejected naming it.
+/// Clients are built inside a runtime (kube spawns a buffer task); one for the process.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    })
+}
+
+/// Any bytes as the Secret's kubeconfig: rejected naming it, or accepted with a namespace
+/// and then good for the client the SPI builds from it (without connecting).
 pub fn kubeconfig(data: &[u8]) {
     let secret_data = BTreeMap::from([("kubeconfig".to_owned(), ByteString(data.to_vec()))]);
     match ClusterAccess::from_data(&secret_data) {
-        Ok(access) => assert!(!access.namespace.is_empty()),
+        Ok(access) => {
+            assert!(!access.namespace.is_empty());
+            if let Err(error) = runtime().block_on(KubeconfigClientFactory.client(&access)) {
+                panic!("a kubeconfig that validates builds no client: {error}");
+            }
+        }
         Err(errors) => {
             let message = errors.to_string();
             assert!(message.starts_with("secret.data.kubeconfig"), "{message}");

@@ -59,7 +59,11 @@ impl ClientFactory for KubeconfigClientFactory {
         )
         .await
         .map_err(|_| unusable("loading the client configuration"))?;
-        Client::try_from(config).map_err(|_| unusable("building the client"))
+        // Validation rejects what is known to make kube panic here (a token that is no
+        // header value); a panic from anything it missed still must not end the sidecar.
+        std::panic::catch_unwind(|| Client::try_from(config))
+            .map_err(|_| unusable("building the client"))?
+            .map_err(|_| unusable("building the client"))
     }
 }
 
