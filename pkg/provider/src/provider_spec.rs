@@ -156,12 +156,15 @@ pub fn decode_provider_spec(raw: &Value) -> Result<KubeVirtProviderSpec, FieldEr
         };
         return Err(FieldError::new(FieldErrorKind::Invalid, &root, detail).into());
     }
-    // Nulls count as absent, as in the Go provider (and a null is never a typo to report).
-    let given = without_nulls(raw);
     let mut unknown = Vec::new();
-    let mut record_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&root, &path));
+    let mut record_unknown = |path: serde_ignored::Path| {
+        // A null is no setting at all, not a typo worth reporting.
+        if !value_at(raw, &path).is_some_and(Value::is_null) {
+            unknown.push(ignored_path(&root, &path));
+        }
+    };
     let decoded: Result<KubeVirtProviderSpec, _> = serde_path_to_error::deserialize(
-        serde_ignored::Deserializer::new(&given, &mut record_unknown),
+        serde_ignored::Deserializer::new(raw, &mut record_unknown),
     );
     let mut errors = FieldErrors::default();
     for path in unknown {
@@ -184,16 +187,16 @@ pub fn decode_provider_spec(raw: &Value) -> Result<KubeVirtProviderSpec, FieldEr
     Ok(spec)
 }
 
-fn without_nulls(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(_, value)| !value.is_null())
-                .map(|(key, value)| (key.clone(), without_nulls(value)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
-        other => other.clone(),
+/// The given value an ignored path points at.
+fn value_at<'a>(raw: &'a Value, path: &serde_ignored::Path) -> Option<&'a Value> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Some(raw),
+        Path::Seq { parent, index } => value_at(raw, parent)?.get(*index),
+        Path::Map { parent, key } => value_at(raw, parent)?.get(key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => value_at(raw, parent),
     }
 }
 
@@ -344,7 +347,19 @@ mod tests {
         let mut raw = go_provider_sample();
         raw["dnsConfig"] = Value::Null;
         raw["cpu"]["model"] = Value::Null;
+        raw["notAField"] = Value::Null;
         let spec = decode_provider_spec(&raw).unwrap();
         assert!(spec.dns_config.is_none());
+    }
+
+    #[test]
+    fn a_null_where_a_value_is_needed_is_named_not_dropped() {
+        let mut raw = go_provider_sample();
+        raw["tags"]["team"] = Value::Null;
+        let err = decode_provider_spec(&raw).unwrap_err().to_string();
+        assert!(
+            err.starts_with("providerSpec.tags.team: Invalid value"),
+            "{err}"
+        );
     }
 }
