@@ -6,6 +6,7 @@
 //! VM is missing, and the API error's own class otherwise.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{NodeAddress, PersistentVolumeSpec, Secret};
@@ -24,7 +25,7 @@ use crate::validation::validate_machine_name;
 pub const KUBEVIRT_CSI_DRIVER: &str = "csi.kubevirt.io";
 
 /// Request of CreateMachine, InitializeMachine, DeleteMachine and GetMachineStatus.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MachineRequest {
     pub machine: Machine,
     pub machine_class: MachineClass,
@@ -65,10 +66,34 @@ pub struct GetMachineStatusResponse {
     pub addresses: Vec<NodeAddress>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ListMachinesRequest {
     pub machine_class: MachineClass,
     pub secret: Secret,
+}
+
+/// The Secret's keys only: its values are the kubeconfig and userData.
+fn secret_keys(secret: &Secret) -> Vec<&String> {
+    secret.data.iter().flat_map(|data| data.keys()).collect()
+}
+
+impl fmt::Debug for MachineRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MachineRequest")
+            .field("machine", &self.machine.metadata.name)
+            .field("machine_class", &self.machine_class.metadata.name)
+            .field("secret_keys", &secret_keys(&self.secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for ListMachinesRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListMachinesRequest")
+            .field("machine_class", &self.machine_class.metadata.name)
+            .field("secret_keys", &secret_keys(&self.secret))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

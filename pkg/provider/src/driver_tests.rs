@@ -379,3 +379,25 @@ async fn errors_never_carry_secret_material() {
     assert!(!err.message.contains(TOKEN), "{}", err.message);
     assert!(!err.message.contains("bootstrap-token"), "{}", err.message);
 }
+
+#[test]
+fn request_debug_shows_the_secret_keys_only() {
+    let shown = format!("{:?}", request("m-1"));
+    assert!(
+        shown.contains("m-1") && shown.contains("kubeconfig"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(TOKEN) && !shown.contains("bootstrap-token"),
+        "{shown}"
+    );
+    let list = ListMachinesRequest {
+        machine_class: testing::machine_class(),
+        secret: testing::secret(),
+    };
+    let shown = format!("{list:?}");
+    assert!(
+        shown.contains("worker-class") && !shown.contains(TOKEN),
+        "{shown}"
+    );
+}
