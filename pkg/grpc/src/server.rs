@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::proto::identity_server::IdentityServer;
@@ -54,12 +56,34 @@ impl FromStr for Listen {
 /// A bound socket, ready to serve.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener, SocketFile),
+}
+
+/// The socket file this server made, told apart from one a later server made at the same
+/// path by its device and inode.
+pub struct SocketFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+impl SocketFile {
+    /// Removes the file if it is still this server's.
+    fn remove(&self) {
+        if self.identity.is_some() && file_identity(&self.path) == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Listener {
-    /// Binds `listen`. A socket file left by an earlier run is replaced; any other file
-    /// at that path is an error, never removed.
+    /// Binds `listen`. A socket file left by a server that is gone is replaced; a socket a
+    /// server still answers on, and any other file, are errors and left alone.
     pub async fn bind(listen: &Listen) -> std::io::Result<Listener> {
         match listen {
             Listen::Tcp(address) => Ok(Listener::Tcp(TcpListener::bind(address).await?)),
@@ -71,9 +95,20 @@ impl Listener {
                             format!("{} exists and is not a socket", path.display()),
                         ));
                     }
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!("a server is listening on {} already", path.display()),
+                        ));
+                    }
                     std::fs::remove_file(path)?;
                 }
-                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+                let listener = UnixListener::bind(path)?;
+                let socket = SocketFile {
+                    path: path.clone(),
+                    identity: file_identity(path),
+                };
+                Ok(Listener::Unix(listener, socket))
             }
         }
     }
@@ -85,7 +120,7 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Listener::Unix(_, socket) => format!("unix:{}", socket.path.display()),
         }
     }
 }
@@ -100,10 +135,11 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
+impl ServeOptions {
+    /// The usual limits; the cluster has no default, as it decides which VMs are ours.
+    pub fn new(cluster: impl Into<String>) -> Self {
         ServeOptions {
-            cluster: "default".to_owned(),
+            cluster: cluster.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -116,7 +152,9 @@ pub struct ServeError(#[from] tonic::transport::Error);
 
 /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting and lets
 /// the calls in flight finish for up to `shutdown_grace` (a health watch never finishes
-/// by itself). A unix socket file is removed afterwards.
+/// by itself). Returns then; connections still open run on in their tasks until the
+/// runtime ends, which for the binary is the moment it exits. The unix socket file is
+/// removed, if it is still this server's.
 pub async fn serve<D: Driver + ?Sized + 'static>(
     listener: Listener,
     driver: Arc<D>,
@@ -148,6 +186,9 @@ pub async fn serve<D: Driver + ?Sized + 'static>(
         health
             .set_not_serving::<IdentityServer<IdentityService>>()
             .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         begin.notify_one();
     };
     let grace_over = async move {
@@ -165,14 +206,14 @@ pub async fn serve<D: Driver + ?Sized + 'static>(
                 router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
             (until_grace_over(serving, grace_over).await, None)
         }
-        Listener::Unix(listener, path) => {
+        Listener::Unix(listener, socket) => {
             let serving =
                 router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
-            (until_grace_over(serving, grace_over).await, Some(path))
+            (until_grace_over(serving, grace_over).await, Some(socket))
         }
     };
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = socket {
+        socket.remove();
     }
     served
 }
@@ -184,7 +225,7 @@ async fn until_grace_over(
     tokio::select! {
         served = serving => Ok(served?),
         () = grace_over => {
-            warn!("gRPC calls still open when the shutdown grace ended; closing them");
+            warn!("gRPC calls still open when the shutdown grace ended; not waiting for them");
             Ok(())
         }
     }

@@ -57,7 +57,6 @@ impl proto::identity_server::Identity for IdentityService {
             Capability::GetMachineStatus,
             Capability::ListMachines,
             Capability::GetVolumeIds,
-            Capability::InitializeMachine,
         ];
         let capabilities = served
             .into_iter()
@@ -313,10 +312,15 @@ impl<D: Driver + ?Sized + 'static> proto::machine_server::Machine for MachineSer
             Vec::new()
         } else {
             serde_json::from_slice(&bytes).map_err(|error| {
+                // Where only: serde's message would quote the specs.
                 to_status(&MachineError::invalid_argument(
                     FieldError::invalid(
                         &FieldPath::new("PVSpecList"),
-                        format!("is not a JSON list of PersistentVolumeSpecs: {error}"),
+                        format!(
+                            "is not a JSON list of PersistentVolumeSpecs (line {} column {})",
+                            error.line(),
+                            error.column()
+                        ),
                     )
                     .to_string(),
                 ))

@@ -108,11 +108,8 @@ async fn start_on(
     let listener = Listener::bind(&listen).await.expect("bind");
     let address = listener.address();
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut options = ServeOptions {
-        cluster: CLUSTER.to_owned(),
-        shutdown_grace: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let mut options = ServeOptions::new(CLUSTER);
+    options.shutdown_grace = Duration::from_secs(1);
     if let Some(limit) = max_message_size {
         options.max_message_size = limit;
     }
@@ -208,7 +205,6 @@ async fn identity_reports_name_capabilities_and_readiness() {
         Capability::GetMachineStatus,
         Capability::ListMachines,
         Capability::GetVolumeIds,
-        Capability::InitializeMachine,
     ] {
         assert!(capabilities.contains(&served), "{served:?}");
     }
@@ -258,7 +254,7 @@ async fn invalid_input_is_invalid_argument_naming_the_field_before_the_spi() {
 
     let mut request = create_request("m-1");
     let mut spec: serde_json::Value = serde_json::from_slice(&request.provider_spec).unwrap();
-    spec["region"] = serde_json::Value::Null;
+    spec.as_object_mut().unwrap().remove("region");
     request.provider_spec = serde_json::to_vec(&spec).unwrap();
     request.secrets.remove("userData");
     let status = client.create_machine(request).await.unwrap_err();
@@ -505,6 +501,17 @@ async fn shutdown_and_initialize_answer_unimplemented() {
 /// not initialized, as some providers' are, and a CreateMachine that takes its time.
 struct Stub {
     create_delay: Duration,
+    /// Told when a CreateMachine has begun.
+    create_begun: Arc<tokio::sync::Notify>,
+}
+
+impl Stub {
+    fn new(create_delay: Duration) -> Self {
+        Stub {
+            create_delay,
+            create_begun: Arc::default(),
+        }
+    }
 }
 
 fn name_of(request: &MachineRequest) -> String {
@@ -517,6 +524,7 @@ impl Driver for Stub {
         &self,
         request: &CreateMachineRequest,
     ) -> Result<CreateMachineResponse, MachineError> {
+        self.create_begun.notify_one();
         tokio::time::sleep(self.create_delay).await;
         Ok(CreateMachineResponse {
             provider_id: format!("kubevirt://{}", name_of(request)),
@@ -568,10 +576,7 @@ impl Driver for Stub {
 
 #[tokio::test]
 async fn uninitialized_carries_the_status_response_in_its_details() {
-    let server = start(Arc::new(Stub {
-        create_delay: Duration::ZERO,
-    }))
-    .await;
+    let server = start(Arc::new(Stub::new(Duration::ZERO))).await;
     let mut client = machine_client(&server).await;
     let status = client
         .get_machine_status(proto::GetMachineStatusRequest {
@@ -626,6 +631,12 @@ async fn a_unix_socket_serves_replaces_a_stale_socket_and_is_removed_at_the_end(
         .unwrap()
         .into_inner();
     assert_eq!(created.provider_id, "kubevirt://m-u");
+    // A second server on the same path would cut the first one off: refused.
+    let error = Listener::bind(&Listen::Unix(path.clone()))
+        .await
+        .err()
+        .expect("refused while the first one serves");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
     server.stop().await;
     assert!(!path.exists(), "the socket file is removed");
 
@@ -655,15 +666,19 @@ async fn health_is_serving_then_not_serving_on_shutdown() {
             .into_inner();
         assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
     }
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: "cmi.v1.Machine".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().unwrap();
-    assert_eq!(first.status(), ServingStatus::Serving);
+    let mut watches = Vec::new();
+    for service in ["", "cmi.v1.Machine"] {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push((service, watch));
+    }
 
     let Running {
         address: _,
@@ -671,13 +686,15 @@ async fn health_is_serving_then_not_serving_on_shutdown() {
         task,
     } = server;
     stop.unwrap().send(()).unwrap();
-    let update = tokio::time::timeout(Duration::from_secs(5), watch.message())
-        .await
-        .expect("a health update before the server goes")
-        .expect("the watch is still open")
-        .expect("an update");
-    assert_eq!(update.status(), ServingStatus::NotServing);
-    // The watch never ends by itself: the server closes after the grace period.
+    for (service, watch) in &mut watches {
+        let update = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("a health update before the server goes")
+            .expect("the watch is still open")
+            .expect("an update");
+        assert_eq!(update.status(), ServingStatus::NotServing, "{service:?}");
+    }
+    // The watches never end by themselves: the server returns after the grace period.
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("the server stops after the grace period")
@@ -711,14 +728,13 @@ async fn requests_over_the_size_limit_are_refused_before_the_driver() {
 
 #[tokio::test]
 async fn shutdown_lets_the_call_in_flight_finish_then_refuses_connections() {
-    let server = start(Arc::new(Stub {
-        create_delay: Duration::from_millis(300),
-    }))
-    .await;
+    let stub = Stub::new(Duration::from_millis(300));
+    let begun = stub.create_begun.clone();
+    let server = start(Arc::new(stub)).await;
     let address = server.address.clone();
     let mut client = machine_client(&server).await;
     let in_flight = tokio::spawn(async move { client.create_machine(create_request("m-s")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    begun.notified().await;
     server.stop().await;
     let created = in_flight
         .await
