@@ -252,6 +252,15 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
         }
         .to_owned()
     })?;
+    // Only HTTP proxies are built in; kube refuses others when it builds the client.
+    if let Some(proxy) = &config.proxy_url
+        && !matches!(proxy.scheme_str(), Some("http" | "https"))
+    {
+        return Err(
+            "uses a proxy (proxy-url, or the sidecar's HTTPS_PROXY) that is not http or https"
+                .to_owned(),
+        );
+    }
     if config.root_cert.as_ref().is_some_and(Vec::is_empty) {
         return Err("has certificate-authority-data that holds no PEM certificate".to_owned());
     }
