@@ -252,6 +252,10 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
         }
         .to_owned()
     })?;
+    let url = &config.cluster_url;
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err("has a server that is not an http or https URL with a host".to_owned());
+    }
     // Only HTTP proxies are built in; kube refuses others when it builds the client.
     if let Some(proxy) = &config.proxy_url
         && !matches!(proxy.scheme_str(), Some("http" | "https"))
