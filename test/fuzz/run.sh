@@ -24,7 +24,9 @@ for target in "${targets[@]}"; do
   rm -rf "$work/corpus"/*
   if ! cargo fuzz run -s none --fuzz-dir . "$target" "$work/corpus" "seeds/$target" -- \
       -max_total_time="$seconds" -seed=1 -max_len=8192 -print_final_stats=1 > "$work/log" 2>&1; then
-    tail -n 60 "$work/log"
+    # The finding itself, then libFuzzer's summary (the backtrace between is long).
+    grep -A 2 "panicked at" "$work/log" | head -n 20 || true
+    tail -n 25 "$work/log"
     for crash in artifacts/"$target"/*; do
       [ -f "$crash" ] && echo "input $crash (base64): $(base64 -w0 "$crash")"
     done

@@ -10,7 +10,7 @@ use http::HeaderValue;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Config;
-use kube::client::ConfigExt;
+use kube::client::{ClientBuilder, ConfigExt};
 use kube::config::{AuthInfo, Cluster, Kubeconfig, KubeconfigError};
 use secrecy::ExposeSecret;
 
@@ -282,7 +282,15 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
     config.extra_headers_layer().map_err(|_| {
         "has impersonation settings (as, as-groups, as-user-extra) that cannot be sent as HTTP headers".to_owned()
     })?;
-    Ok(())
+    // Last, the whole client stack as the SPI builds it (everything but the request
+    // buffer, which needs a runtime), for whatever the checks above do not name.
+    match std::panic::catch_unwind(|| ClientBuilder::try_from(config)) {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(
+            "has settings no client can be built from (such as an invalid tls-server-name)"
+                .to_owned(),
+        ),
+    }
 }
 
 #[cfg(test)]
