@@ -10,7 +10,7 @@ use http::HeaderValue;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Config;
-use kube::client::{ClientBuilder, ConfigExt};
+use kube::client::{ClientBuilder, RustlsTlsError};
 use kube::config::{AuthInfo, Cluster, Kubeconfig, KubeconfigError};
 use secrecy::ExposeSecret;
 
@@ -268,10 +268,6 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
     if config.root_cert.as_ref().is_some_and(Vec::is_empty) {
         return Err("has certificate-authority-data that holds no PEM certificate".to_owned());
     }
-    config.rustls_client_config().map_err(|_| {
-        "has a client certificate, client key or certificate authority that TLS cannot use"
-            .to_owned()
-    })?;
     // kube turns the token into a header with `expect`: a line break in it (a `|` block
     // in the Secret, say) would panic when the client is built.
     if let Some(token) = &config.auth_info.token
@@ -279,17 +275,23 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
     {
         return Err("has a token that cannot be sent as an HTTP header (a line break or control character in it?)".to_owned());
     }
-    config.extra_headers_layer().map_err(|_| {
-        "has impersonation settings (as, as-groups, as-user-extra) that cannot be sent as HTTP headers".to_owned()
-    })?;
-    // Last, the whole client stack as the SPI builds it (everything but the request
-    // buffer, which needs a runtime), for whatever the checks above do not name.
+    // The whole client stack as the SPI builds it, short of the request buffer (which
+    // needs a runtime): TLS identity and roots, server name, auth and impersonation headers.
+    let unbuildable = || {
+        "has settings no client can be built from (such as an invalid tls-server-name)".to_owned()
+    };
     match std::panic::catch_unwind(|| ClientBuilder::try_from(config)) {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(
-            "has settings no client can be built from (such as an invalid tls-server-name)"
+        Ok(Err(kube::Error::RustlsTls(RustlsTlsError::InvalidServerName(_)))) => Err(unbuildable()),
+        Ok(Err(kube::Error::RustlsTls(_))) => Err(
+            "has a client certificate, client key or certificate authority that TLS cannot use"
                 .to_owned(),
         ),
+        Ok(Err(kube::Error::HttpError(_))) => Err(
+            "has impersonation settings (as, as-groups, as-user-extra) that cannot be sent as HTTP headers"
+                .to_owned(),
+        ),
+        _ => Err(unbuildable()),
     }
 }
 
