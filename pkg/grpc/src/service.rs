@@ -15,6 +15,7 @@ use mcm_provider_kubevirt::driver::{GetVolumeIdsRequest, ListMachinesRequest, Ma
 use mcm_provider_kubevirt::field::{FieldError, FieldPath};
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass, MachineSpec, MachineStatus};
 use mcm_provider_kubevirt::{Driver, MachineError};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
@@ -147,21 +148,30 @@ fn secret(secrets: HashMap<String, Vec<u8>>) -> Secret {
     }
 }
 
-/// The providerSpec bytes as JSON; empty bytes are no providerSpec at all.
-fn provider_spec(bytes: &[u8]) -> Result<Value, MachineError> {
+/// A request field holding JSON; empty bytes are the field's empty value (no providerSpec,
+/// no PV specs). A parse error says where only: serde's message would quote the input.
+fn json_field<T: DeserializeOwned + Default>(
+    bytes: &[u8],
+    field: &str,
+    what: &str,
+) -> Result<T, MachineError> {
     if bytes.is_empty() {
-        return Ok(Value::Null);
+        return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|error| {
         let detail = format!(
-            "is not JSON (line {} column {})",
+            "is not {what} (line {} column {})",
             error.line(),
             error.column()
         );
         MachineError::invalid_argument(
-            FieldError::invalid(&FieldPath::new("providerSpec"), detail).to_string(),
+            FieldError::invalid(&FieldPath::new(field), detail).to_string(),
         )
     })
+}
+
+fn provider_spec(bytes: &[u8]) -> Result<Value, MachineError> {
+    json_field(bytes, "providerSpec", "JSON")
 }
 
 /// Delete, status and list need only the kubeconfig, so an unreadable providerSpec must
@@ -306,26 +316,13 @@ impl<D: Driver + ?Sized + 'static> proto::machine_server::Machine for MachineSer
         &self,
         request: Request<proto::GetVolumeIDsRequest>,
     ) -> Result<Response<proto::GetVolumeIDsResponse>, Status> {
-        let bytes = request.into_inner().pv_spec_list;
         // Go's json.Marshal of []*PersistentVolumeSpec: nil entries are null.
-        let specs: Vec<Option<PersistentVolumeSpec>> = if bytes.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_slice(&bytes).map_err(|error| {
-                // Where only: serde's message would quote the specs.
-                to_status(&MachineError::invalid_argument(
-                    FieldError::invalid(
-                        &FieldPath::new("PVSpecList"),
-                        format!(
-                            "is not a JSON list of PersistentVolumeSpecs (line {} column {})",
-                            error.line(),
-                            error.column()
-                        ),
-                    )
-                    .to_string(),
-                ))
-            })?
-        };
+        let specs: Vec<Option<PersistentVolumeSpec>> = json_field(
+            &request.into_inner().pv_spec_list,
+            "PVSpecList",
+            "a JSON list of PersistentVolumeSpecs",
+        )
+        .map_err(|e| to_status(&e))?;
         let call = GetVolumeIdsRequest {
             pv_specs: specs.into_iter().flatten().collect(),
         };
