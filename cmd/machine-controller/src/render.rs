@@ -4,18 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use mcm_provider_kubevirt::driver::cluster_identity;
-use mcm_provider_kubevirt::kubevirt::ownership::Ownership;
+use mcm_provider_kubevirt::driver::create_request;
 use mcm_provider_kubevirt::kubevirt::vm::compose_machine;
 use mcm_provider_kubevirt::mcm::MachineClass;
-use mcm_provider_kubevirt::provider_spec::decode_provider_spec;
-use mcm_provider_kubevirt::secret::{ProviderSecret, withheld_yaml_error};
-use mcm_provider_kubevirt::spi::CreateRequest;
-use mcm_provider_kubevirt::validation::validate_machine_name;
+use mcm_provider_kubevirt::secret::withheld_yaml_error;
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
@@ -62,26 +58,8 @@ pub fn render(args: &RenderArgs) -> Result<String> {
         })?;
     let secret = merged_secret_data(secret);
 
-    let mut errors = validate_machine_name(&args.machine_name);
-    let spec = decode_provider_spec(&class.provider_spec)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let provider_secret = ProviderSecret::from_secret(&secret)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let (Some(spec), Some(provider_secret), true) = (spec, provider_secret, errors.is_empty())
-    else {
-        bail!("invalid input: {errors}");
-    };
-    let request = CreateRequest {
-        ownership: Ownership {
-            machine_name: args.machine_name.clone(),
-            machine_class: class.metadata.name.clone().unwrap_or_default(),
-            cluster: cluster_identity(&class),
-        },
-        spec,
-        secret: provider_secret,
-    };
+    let request = create_request(&args.machine_name, &class, &secret)
+        .map_err(|errors| anyhow::anyhow!("invalid input: {errors}"))?;
     let mut composed =
         compose_machine(&request).map_err(|e| anyhow::anyhow!("invalid input: {e}"))?;
     if !args.include_secret_data {

@@ -170,19 +170,49 @@ fn invalid(errors: FieldErrors) -> MachineError {
     MachineError::invalid_argument(errors.to_string())
 }
 
-fn ownership(request: &MachineRequest) -> Result<Ownership, FieldErrors> {
-    let name = request.machine.metadata.name.clone().unwrap_or_default();
-    validate_machine_name(&name).into_result()?;
+/// Who a VM is for: the machine (its name checked), its class, and the cluster.
+fn ownership_of(
+    machine_name: &str,
+    machine_class: &MachineClass,
+) -> Result<Ownership, FieldErrors> {
+    validate_machine_name(machine_name).into_result()?;
     Ok(Ownership {
-        machine_name: name,
-        machine_class: request
-            .machine_class
-            .metadata
-            .name
-            .clone()
-            .unwrap_or_default(),
-        cluster: cluster_identity(&request.machine_class),
+        machine_name: machine_name.to_owned(),
+        machine_class: machine_class.metadata.name.clone().unwrap_or_default(),
+        cluster: cluster_identity(machine_class),
     })
+}
+
+fn ownership(request: &MachineRequest) -> Result<Ownership, FieldErrors> {
+    let name = request.machine.metadata.name.as_deref().unwrap_or_default();
+    ownership_of(name, &request.machine_class)
+}
+
+/// Everything CreateMachine validates (machine name, providerSpec, Secret), with every
+/// problem at once: the SPI's request, as the driver and `render` build it.
+pub fn create_request(
+    machine_name: &str,
+    machine_class: &MachineClass,
+    secret: &Secret,
+) -> Result<CreateRequest, FieldErrors> {
+    let mut errors = FieldErrors::default();
+    let ownership = ownership_of(machine_name, machine_class)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let spec = decode_provider_spec(&machine_class.provider_spec)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let secret = ProviderSecret::from_secret(secret)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    match (ownership, spec, secret) {
+        (Some(ownership), Some(spec), Some(secret)) => Ok(CreateRequest {
+            ownership,
+            spec,
+            secret,
+        }),
+        _ => Err(errors),
+    }
 }
 
 /// What delete, status and list need: a valid name and kubeconfig, nothing of the spec.
@@ -216,30 +246,17 @@ impl<S: PluginSpi> Driver for MachinePlugin<S> {
         &self,
         request: &CreateMachineRequest,
     ) -> Result<CreateMachineResponse, MachineError> {
-        let mut errors = FieldErrors::default();
-        let ownership = ownership(request).map_err(|e| errors.extend(e)).ok();
-        let spec = decode_provider_spec(&request.machine_class.provider_spec)
-            .map_err(|e| errors.extend(e))
-            .ok();
-        let secret = ProviderSecret::from_secret(&request.secret)
-            .map_err(|e| errors.extend(e))
-            .ok();
-        let (Some(ownership), Some(spec), Some(secret)) = (ownership, spec, secret) else {
-            info!(
-                machine = request.machine.metadata.name.as_deref().unwrap_or_default(),
-                "CreateMachine rejected: {errors}"
-            );
-            return Err(invalid(errors));
-        };
-        let name = ownership.machine_name.clone();
+        let machine_name = request.machine.metadata.name.as_deref().unwrap_or_default();
+        let create = create_request(machine_name, &request.machine_class, &request.secret)
+            .map_err(|errors| {
+                info!(machine = machine_name, "CreateMachine rejected: {errors}");
+                invalid(errors)
+            })?;
+        let name = create.ownership.machine_name.clone();
         debug!(machine = %name, "CreateMachine");
         let status = self
             .spi
-            .create_machine(&CreateRequest {
-                ownership,
-                spec,
-                secret,
-            })
+            .create_machine(&create)
             .await
             .map_err(|e| spi_error("create", &name, e))?;
         info!(machine = %name, provider_id = %status.provider_id, "VM created");
