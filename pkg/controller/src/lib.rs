@@ -4,7 +4,8 @@
 //! - [`options`]: the sidecar's flags, names and defaults as MCM's.
 //! - [`machine`]: the machine reconcile: [`creation`], [`health`], [`node_sync`],
 //!   [`deletion`] with [`drain`].
-//! - [`machine_class`] and [`secrets`]: their finalizers.
+//! - [`machine_class`] and [`secrets`]: their finalizers; [`triggers`]: which events
+//!   of one kind concern objects of another.
 //! - [`safety`]: orphan VM collection and the API server freeze.
 //! - [`metrics`], [`http`], [`leader`], [`run`]: the process around them.
 //!
@@ -33,6 +34,7 @@ pub mod run;
 pub mod safety;
 pub mod secrets;
 pub mod status;
+pub mod triggers;
 
 pub use context::{Context, Requeue};
 pub use options::Options;

@@ -9,8 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{error, info, warn};
 
@@ -23,10 +22,12 @@ use crate::driver_metrics::InstrumentedDriver;
 use crate::machine::reconcile_machine;
 use crate::machine_class::reconcile_machine_class;
 use crate::metrics::Metrics;
-use crate::names::MACHINE_NAME_LABEL;
 use crate::options::Options;
 use crate::safety::{ApiServerWatch, collect_orphans};
 use crate::secrets::reconcile_secret;
+use crate::triggers::{
+    ClassTriggers, class_of_machine, machines_of_class, machines_of_node, secrets_of_class,
+};
 
 /// How long start-up waits for an API server before giving up (MCM polls for 10s).
 const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
@@ -113,7 +114,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         options.address,
         u16::try_from(options.port).unwrap_or(10259),
     );
-    let router = crate::http::router(ctx.clone(), Some(machine_store));
+    let router = crate::http::router(ctx.clone(), Some(machine_store.clone()));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| RunError::Http { address, source })?;
@@ -137,14 +138,22 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
     let machine_controller = match ctx.nodes() {
         Some(nodes) => {
             let namespace = namespace.clone();
+            let machines = machine_store.clone();
             machine_controller.watches(nodes, watcher::Config::default(), move |node: Node| {
-                node.labels()
-                    .get(MACHINE_NAME_LABEL)
-                    .map(|machine| ObjectRef::<Machine>::new(machine).within(&namespace))
+                machines_of_node(&machines, &node, &namespace)
             })
         }
         None => machine_controller,
     };
+    // Machines wait for their class's finalizer, and for the class itself when they were
+    // applied first: a class event reconciles its machines at once (MCM enqueues them when
+    // it places the finalizer) instead of after their retry period.
+    let machines_namespace = namespace.clone();
+    let machine_controller = machine_controller.watches(
+        ctx.machine_classes(),
+        watcher::Config::default(),
+        move |class: MachineClass| machines_of_class(&machine_store, &class, &machines_namespace),
+    );
     let machines = machine_controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .run(
@@ -158,7 +167,18 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         )
         .for_each(|_| async {});
 
+    // A class gets its finalizer only once a Machine refers to it, and Machines wait for
+    // that finalizer: a new or deleted Machine reconciles its class at once, as MCM's
+    // machine-to-class handlers do, not at the class's next periodic look.
+    let class_namespace = namespace.clone();
+    let mut class_triggers = ClassTriggers::default();
+    let machine_events = watcher(ctx.machines(), watcher::Config::default())
+        .default_backoff()
+        .flat_map(move |event| futures::stream::iter(class_triggers.on(event)));
     let classes = Controller::new(ctx.machine_classes(), watcher::Config::default())
+        .watches_stream(machine_events, move |machine: Machine| {
+            class_of_machine(&machine, &class_namespace)
+        })
         .run(
             |class: Arc<MachineClass>, ctx: Arc<Context>| async move {
                 let requeue = reconcile_machine_class(&ctx, &class).await;
@@ -171,7 +191,15 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         .for_each(|_| async {});
 
     let secrets_api: Api<Secret> = ctx.secrets_in(&namespace);
+    // A Secret keeps its finalizer while classes refer to it: a class change or deletion
+    // reconciles the class's Secrets at once (MCM's class-to-secret handlers).
+    let secret_namespace = namespace.clone();
     let secrets = Controller::new(secrets_api, watcher::Config::default())
+        .watches(
+            ctx.machine_classes(),
+            watcher::Config::default(),
+            move |class: MachineClass| secrets_of_class(&class, &secret_namespace),
+        )
         .run(
             |secret: Arc<Secret>, ctx: Arc<Context>| async move {
                 let requeue = reconcile_secret(&ctx, &secret).await;
