@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use kube::api::DeleteParams;
 use tracing::{info, warn};
 
 use mcm_provider_kubevirt::mcm::Machine;
 
 use crate::bootstrap_token::delete_bootstrap_token;
-use crate::context::{Context, Requeue, retry};
+use crate::context::{Context, Requeue, is_not_found, retry};
 use crate::machine_settings::{
     creation_timeout, elapsed_since, health_timeout, health_timeout_disabled, node_conditions,
 };
@@ -75,6 +76,11 @@ pub async fn reconcile_health(
     let node = nodes.get_opt(node_name).await.map_err(|error| {
         Requeue::failure(retry::SHORT, format!("getting node {node_name:?}: {error}"))
     })?;
+    if let Some(node) = &node
+        && node.metadata.deletion_timestamp.is_some()
+    {
+        return Err(delete_machine_of_deleted_node(ctx, &name, node_name).await);
+    }
     let mut status = status_of(machine);
     let current = phase_of(machine).to_owned();
     let mut annotated = None;
@@ -235,6 +241,25 @@ pub async fn reconcile_health(
             &error,
             "Update of Phase/Conditions failed",
         )),
+    }
+}
+
+/// MCM's `triggerMachineDeletion`: a Node being deleted takes its Machine with it. The
+/// Node's finalizer (set by node sync) holds it until the machine's deletion flow has
+/// drained it and deleted the VM; without this the Node would stay Terminating and the
+/// Machine Running on a lost Node.
+async fn delete_machine_of_deleted_node(ctx: &Context, name: &str, node_name: &str) -> Requeue {
+    info!(machine = %name, node = %node_name, "node is being deleted; triggering machine deletion");
+    match ctx.machines().delete(name, &DeleteParams::default()).await {
+        Ok(_) => Requeue::after(
+            retry::SHORT,
+            format!("node {node_name:?} is being deleted; machine deletion triggered"),
+        ),
+        Err(error) if is_not_found(&error) => Requeue::after(retry::LONG, "machine gone"),
+        Err(error) => Requeue::api_failure(
+            &error,
+            "machine backing a deleted node could not be marked for deletion",
+        ),
     }
 }
 

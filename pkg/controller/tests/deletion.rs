@@ -139,6 +139,37 @@ async fn deletion_drains_deletes_vm_and_node_then_releases_the_machine() {
 }
 
 #[tokio::test]
+async fn a_node_being_deleted_deletes_its_machine_and_is_released() {
+    let world = world();
+    world.driver.add_vm("m-1");
+    world
+        .server
+        .insert(MACHINES, running_machine("m-1", json!({})));
+    // Someone deletes the Node: the sidecar's finalizer holds it Terminating.
+    let mut node = ready_node("m-1", "True");
+    node["metadata"]["finalizers"] = json!(["node.machine.sapcloud.io/machine-controller"]);
+    node["metadata"]["deletionTimestamp"] = json!(ago(1));
+    world.server.insert(NODES, node);
+
+    // The Machine is deleted (MCM's triggerMachineDeletion), and its deletion flow removes
+    // the VM and releases the Node.
+    world.reconcile("m-1").await;
+    let machine = world.machine("m-1").expect("held by its finalizer");
+    assert!(
+        machine["metadata"]["deletionTimestamp"].is_string(),
+        "machine marked for deletion: {machine:#}"
+    );
+    world
+        .reconcile_until("m-1", 12, |w| w.machine("m-1").is_none())
+        .await;
+    assert!(world.driver.vms().is_empty(), "VM deleted");
+    assert!(
+        world.server.get(NODES, "m-1").is_none(),
+        "node released, not left Terminating"
+    );
+}
+
+#[tokio::test]
 async fn a_pod_disruption_budget_holds_the_drain_until_the_drain_timeout() {
     let world = world_with(&["--machine-drain-timeout=10m"], true);
     world.driver.add_vm("m-1");
