@@ -433,3 +433,39 @@ async fn ssh_keys_with_a_shell_script_user_data_fail_before_any_write() {
     );
     assert!(server.requests().is_empty());
 }
+
+/// A provider cluster that refuses connections: the error says so, not only "client
+/// error (Connect)", since it is what an operator reads in the Machine's lastOperation.
+#[tokio::test]
+async fn an_unreachable_server_is_named_with_the_cause() {
+    use mcm_provider_kubevirt::kubevirt::kube_spi::KubeconfigClientFactory;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = format!(
+        "apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {NS}}}}}]
+users: [{{name: u, user: {{token: s3cr3t-token}}}}]
+"
+    );
+    let data = BTreeMap::from([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))]);
+    let machine = MachineRef {
+        ownership: ownership("m-1"),
+        access: ClusterAccess::from_data(&data).unwrap(),
+    };
+    let error = KubeVirtSpi::new(KubeconfigClientFactory)
+        .get_machine_status(&machine)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), MachineCode::Unavailable, "{error}");
+    let text = error.to_string();
+    assert!(text.contains("API server unreachable"), "{text}");
+    assert!(text.to_lowercase().contains("connection refused"), "{text}");
+    assert!(!text.contains("s3cr3t-token"), "{text}");
+}

@@ -105,7 +105,7 @@ pub fn api_error(action: impl Into<String>, error: kube::Error) -> SpiError {
         kube::Error::HyperError(_) | kube::Error::Service(_) => SpiError::Api {
             action,
             code: MachineCode::Unavailable,
-            message: format!("API server unreachable: {error}"),
+            message: format!("API server unreachable: {}", with_causes(&error)),
         },
         other => SpiError::Api {
             action,
@@ -113,6 +113,25 @@ pub fn api_error(action: impl Into<String>, error: kube::Error) -> SpiError {
             message: other.to_string(),
         },
     }
+}
+
+/// An error followed by its causes. A failed connection reads "client error (Connect)"
+/// alone, which tells an operator neither what failed nor why; the causes do ("tcp connect
+/// error: Connection refused", a TLS certificate problem). Connection errors name no
+/// credentials, so they may reach the Machine status.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Wrappers often repeat their cause's text.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
