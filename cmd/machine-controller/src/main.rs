@@ -17,7 +17,10 @@ use tracing_subscriber::EnvFilter;
     name = "machine-controller",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // A repeated flag takes its last value, as with Go's pflag: Deployments that append an
+    // override to the args (`--leader-elect=false`) keep starting.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

@@ -74,6 +74,27 @@ fn invalid_flag_values_fail_before_connecting() {
     assert!(stderr.contains("--concurrent-syncs"), "{stderr}");
 }
 
+/// As with Go's pflag, the last of a repeated flag wins: here the later renew deadline,
+/// longer than the lease, is what validation refuses.
+#[test]
+fn a_repeated_flag_takes_its_last_value() {
+    let out = sidecar()
+        .args([
+            "--leader-elect=false",
+            "--leader-elect=true",
+            "--leader-elect-renew-deadline=5s",
+            "--leader-elect-renew-deadline=20s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--leader-elect-renew-deadline: must be less than"),
+        "{stderr}"
+    );
+}
+
 /// Gardener's args, with a token-file kubeconfig pointing at a closed port: the sidecar
 /// retries for MCM's 10 seconds, then exits 1 naming the unreachable server, and never
 /// prints the token.
