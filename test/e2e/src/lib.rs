@@ -1,6 +1,14 @@
 //! The end-to-end suite lives in `tests/`; see README.md ("End-to-end tests").
 //!
-//! This library holds what the suite needs that can be checked without a cluster.
+//! This library holds what the scenarios share: [`bed`] (a scenario's namespace, the
+//! sidecar process, the end-state checks), [`proxy`] (a forwarding proxy in front of the
+//! provider cluster that sees, and can hold, the driver's requests), [`scenario`] (teardown
+//! however a scenario ends) and the provider kubeconfig below.
+
+pub mod bed;
+pub mod kubelet;
+pub mod proxy;
+pub mod scenario;
 
 use std::path::Path;
 
