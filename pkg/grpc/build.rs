@@ -4,8 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let include = protoc_bin_vendored::include_path()?;
-    // SAFETY: build scripts are single-threaded; PROTOC is read by the builder below.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    // Handed to prost directly: setting PROTOC for it would take `unsafe` (set_var).
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
     println!("cargo:rerun-if-changed=proto/cmi.proto");
     tonic_prost_build::configure()
         // Requests carry kubeconfigs and userData: their Debug is written by hand, redacted.
@@ -17,7 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "cmi.v1.ShutDownMachineRequest",
             "cmi.v1.InitializeMachineRequest",
         ])
-        .compile_protos(
+        .compile_with_config(
+            config,
             &["proto/cmi.proto".into()],
             &[std::path::PathBuf::from("proto"), include],
         )?;
