@@ -92,8 +92,8 @@ pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), Clie
 
 /// `--kube-api-qps`/`--kube-api-burst` as a fixed window: at most `burst` requests in
 /// any `burst / qps` seconds, the long-run rate of client-go's token bucket.
-pub fn rate_limit(qps: f32, burst: i32) -> RateLimitLayer {
-    let burst = u64::try_from(burst).unwrap_or(0).max(1);
+pub fn rate_limit(qps: f32, burst: u32) -> RateLimitLayer {
+    let burst = u64::from(burst).max(1);
     let qps = if qps.is_finite() && qps > 0.0 {
         f64::from(qps)
     } else {

@@ -18,17 +18,21 @@ pub const IN_CLUSTER_CONFIG: &str = "inClusterConfig";
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// The port that the controller's http service (/metrics, /healthz) runs on
-    #[arg(long, default_value_t = 10259)]
-    pub port: i32,
+    // MCM's flag is an int32 that its validation limits to 1..65535; checked here at parse
+    // time so a bad value is a clap error naming the flag.
+    #[arg(long, default_value_t = 10259, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
     /// The IP address to serve on (set to 0.0.0.0 for all interfaces)
     #[arg(long, default_value = "0.0.0.0")]
     pub address: IpAddr,
     /// The provider for cloud services (accepted for compatibility; unused)
     #[arg(long, default_value = "")]
     pub cloud_provider: String,
-    /// The number of machines reconciled concurrently
-    #[arg(long, default_value_t = 50)]
-    pub concurrent_syncs: i32,
+    /// The number of machines reconciled concurrently (1-65535)
+    // kube-runtime takes the concurrency as a u16 in which 0 means unbounded: MCM's
+    // "greater than zero" and the u16 bound are both checked at parse time, with no clamping.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrent_syncs: u16,
     /// Resync period of the watches (accepted for compatibility; watches re-list on their own)
     #[arg(long, default_value = "12h", value_parser = parse_go_duration)]
     pub min_resync_period: Duration,
@@ -54,8 +58,9 @@ pub struct Options {
     #[arg(long, default_value_t = 20.0)]
     pub kube_api_qps: f32,
     /// Burst to use while talking with the Kubernetes API servers
-    #[arg(long, default_value_t = 30)]
-    pub kube_api_burst: i32,
+    // MCM's int32, which its validation keeps non-negative.
+    #[arg(long, default_value_t = 30, value_parser = non_negative_int32())]
+    pub kube_api_burst: u32,
     /// Interval between starting controller managers
     #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
     pub controller_start_interval: Duration,
@@ -72,8 +77,9 @@ pub struct Options {
     #[arg(long, default_value = "20m", value_parser = parse_go_duration)]
     pub machine_inplace_update_timeout: Duration,
     /// Maximum number of times evicts are attempted on a pod before it is forcibly deleted during drain
-    #[arg(long, default_value_t = 360)]
-    pub machine_max_evict_retries: i32,
+    // MCM's int32, which its validation keeps non-negative.
+    #[arg(long, default_value_t = 360, value_parser = non_negative_int32())]
+    pub machine_max_evict_retries: u32,
     /// Timeout used while waiting for detach of PVs while evicting pods
     #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
     pub machine_pv_detach_timeout: Duration,
@@ -95,9 +101,10 @@ pub struct Options {
     /// Comma-separated, case-sensitive node conditions which, when True, make a machine unhealthy
     #[arg(
         long,
-        default_value = "KernelDeadlock,ReadonlyFilesystem,DiskPressure,NetworkUnavailable"
+        default_value = "KernelDeadlock,ReadonlyFilesystem,DiskPressure,NetworkUnavailable",
+        value_parser = parse_condition_list
     )]
-    pub node_conditions: String,
+    pub node_conditions: ConditionList,
     /// Comma-separated list of groups set as the bootstrap token's "auth-extra-groups"
     #[arg(long, default_value = "")]
     pub bootstrap_token_auth_extra_groups: String,
@@ -154,19 +161,9 @@ pub const LONG_RETRY: Duration = Duration::from_secs(10 * 60);
 impl Options {
     /// The checks MCM's `Validate` makes, with the same meaning; all problems at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
+        // --port, --concurrent-syncs, --kube-api-burst and --machine-max-evict-retries are
+        // range-checked by their types at parse time.
         let mut errors = Vec::new();
-        if !(1..=65535).contains(&self.port) {
-            errors.push(format!(
-                "--port: invalid port number provided: got {}",
-                self.port
-            ));
-        }
-        if self.concurrent_syncs <= 0 {
-            errors.push(format!(
-                "--concurrent-syncs: should be greater than zero: got {}",
-                self.concurrent_syncs
-            ));
-        }
         if self.contention_profiling && !self.profiling {
             errors.push(
                 "--contention-profiling: cannot be enabled without enabling --profiling".into(),
@@ -176,18 +173,6 @@ impl Options {
             errors.push(format!(
                 "--kube-api-qps: should be greater than zero: got {}",
                 self.kube_api_qps
-            ));
-        }
-        if self.kube_api_burst < 0 {
-            errors.push(format!(
-                "--kube-api-burst: should not be negative: got {}",
-                self.kube_api_burst
-            ));
-        }
-        if self.machine_max_evict_retries < 0 {
-            errors.push(format!(
-                "--machine-max-evict-retries: should not be negative: got {}",
-                self.machine_max_evict_retries
             ));
         }
         if self.machine_safety_apiserver_statuscheck_period
@@ -221,7 +206,7 @@ impl Options {
 
     /// Node condition types that make a machine unhealthy when not False.
     pub fn node_condition_types(&self) -> Vec<String> {
-        split_conditions(&self.node_conditions)
+        self.node_conditions.names().to_vec()
     }
 
     /// `--resource-exhausted-retry`, where MCM reads 0 as its long retry.
@@ -241,6 +226,26 @@ pub fn split_conditions(list: &str) -> Vec<String> {
         .filter(|c| !c.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// `--node-conditions` split once at parse time. A single value (not a clap list) so that,
+/// as with pflag, a repeated flag replaces the list instead of extending it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConditionList(Vec<String>);
+
+impl ConditionList {
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+fn parse_condition_list(list: &str) -> Result<ConditionList, std::convert::Infallible> {
+    Ok(ConditionList(split_conditions(list)))
+}
+
+/// A Go int32 flag that MCM's validation keeps non-negative.
+fn non_negative_int32() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(0..=i64::from(i32::MAX))
 }
 
 #[cfg(test)]
@@ -373,8 +378,6 @@ mod tests {
     #[test]
     fn validation_names_each_bad_flag() {
         let o = parse(&[
-            "--port=0",
-            "--concurrent-syncs=0",
             "--kube-api-qps=0",
             "--machine-safety-apiserver-statuscheck-period=10s",
             "--target-kubeconfig=none",
@@ -384,8 +387,6 @@ mod tests {
         .unwrap();
         let errors = o.validate().unwrap_err();
         for flag in [
-            "--port",
-            "--concurrent-syncs",
             "--kube-api-qps",
             "--machine-safety-apiserver-statuscheck-period",
             "--control-kubeconfig",
@@ -397,6 +398,44 @@ mod tests {
                 "{flag} missing in {errors:?}"
             );
         }
+    }
+
+    /// Out-of-range numbers are refused by clap, naming the flag, before any validation.
+    #[test]
+    fn numbers_out_of_range_are_parse_errors_naming_the_flag() {
+        for (arg, flag) in [
+            ("--port=0", "--port"),
+            ("--port=65536", "--port"),
+            ("--port=-1", "--port"),
+            ("--concurrent-syncs=0", "--concurrent-syncs"),
+            ("--concurrent-syncs=65536", "--concurrent-syncs"),
+            ("--kube-api-burst=-1", "--kube-api-burst"),
+            ("--kube-api-burst=2147483648", "--kube-api-burst"),
+            (
+                "--machine-max-evict-retries=-1",
+                "--machine-max-evict-retries",
+            ),
+        ] {
+            let error = parse(&[arg]).unwrap_err();
+            assert!(error.to_string().contains(flag), "{arg}: {error}");
+        }
+        let o = parse(&["--port=65535", "--concurrent-syncs=1", "--kube-api-burst=0"]).unwrap();
+        assert_eq!(
+            (o.port, o.concurrent_syncs, o.kube_api_burst),
+            (65535, 1, 0)
+        );
+    }
+
+    #[test]
+    fn node_conditions_are_split_at_parse_time() {
+        let o = parse(&["--node-conditions= Ready,,DiskPressure "]).unwrap();
+        assert_eq!(o.node_condition_types(), ["Ready", "DiskPressure"]);
+        assert!(
+            parse(&["--node-conditions="])
+                .unwrap()
+                .node_condition_types()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -110,10 +110,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
 
     let machine_controller = Controller::new(ctx.machines(), watcher::Config::default());
     let machine_store = machine_controller.store();
-    let address = SocketAddr::new(
-        options.address,
-        u16::try_from(options.port).unwrap_or(10259),
-    );
+    let address = SocketAddr::new(options.address, options.port);
     let router = crate::http::router(ctx.clone(), Some(machine_store.clone()));
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -134,7 +131,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         tokio::time::sleep(options.controller_start_interval).await;
     }
 
-    let concurrency = u16::try_from(options.concurrent_syncs).unwrap_or(u16::MAX);
+    let concurrency = options.concurrent_syncs;
     let machine_controller = match ctx.nodes() {
         Some(nodes) => {
             let namespace = namespace.clone();
