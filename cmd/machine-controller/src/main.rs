@@ -65,7 +65,7 @@ fn run_sidecar(options: Options) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    init_logging(options.verbosity, &options.logging_format);
+    init_logging(options.logging.verbosity, &options.logging.logging_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

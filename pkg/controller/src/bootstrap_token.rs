@@ -89,7 +89,10 @@ async fn token_secret(
         ("usage-bootstrap-signing", "true".to_owned()),
         (
             "auth-extra-groups",
-            ctx.options.bootstrap_token_auth_extra_groups.clone(),
+            ctx.options
+                .machines
+                .bootstrap_token_auth_extra_groups
+                .clone(),
         ),
     ];
     let data: BTreeMap<String, ByteString> = entries

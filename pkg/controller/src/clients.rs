@@ -78,12 +78,12 @@ fn with_timeouts(mut config: Config) -> Config {
 /// The control and target cluster configs, as MCM derives them from the flags:
 /// control defaults to the target's kubeconfig; target `none` means no target cluster.
 pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), ClientError> {
-    let target = if options.target_kubeconfig == TARGET_KUBECONFIG_DISABLED {
+    let target = if options.clusters.target_kubeconfig == TARGET_KUBECONFIG_DISABLED {
         None
     } else {
-        Some(config_for("--target-kubeconfig", &options.target_kubeconfig).await?)
+        Some(config_for("--target-kubeconfig", &options.clusters.target_kubeconfig).await?)
     };
-    let control = match (&target, options.control_kubeconfig.as_str()) {
+    let control = match (&target, options.clusters.control_kubeconfig.as_str()) {
         (Some(target), "") => target.clone(),
         (_, value) => config_for("--control-kubeconfig", value).await?,
     };
@@ -111,7 +111,10 @@ pub fn client(
     let builder =
         ClientBuilder::try_from(config).map_err(|source| ClientError::Client { flag, source })?;
     Ok(builder
-        .with_layer(&rate_limit(options.kube_api_qps, options.kube_api_burst))
+        .with_layer(&rate_limit(
+            options.clusters.kube_api_qps,
+            options.clusters.kube_api_burst,
+        ))
         .build())
 }
 
@@ -142,6 +145,7 @@ pub async fn ensure_reachable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::Clusters;
 
     const KUBECONFIG: &str = "apiVersion: v1
 kind: Config
@@ -167,10 +171,14 @@ users:
     async fn read_timeout_outlasts_an_idle_watch_and_connects_fail_fast() {
         let path = std::env::temp_dir().join(format!("mcm-kubeconfig-{}", std::process::id()));
         std::fs::write(&path, KUBECONFIG).unwrap();
+        let defaults = Options::default();
         let options = Options {
-            control_kubeconfig: String::new(),
-            target_kubeconfig: path.display().to_string(),
-            ..Options::default()
+            clusters: Clusters {
+                control_kubeconfig: String::new(),
+                target_kubeconfig: path.display().to_string(),
+                ..defaults.clusters.clone()
+            },
+            ..defaults
         };
         let (control, target) = configs(&options).await.unwrap();
         std::fs::remove_file(&path).unwrap();

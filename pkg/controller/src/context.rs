@@ -99,7 +99,7 @@ impl Context {
     }
 
     pub fn namespace(&self) -> &str {
-        &self.options.namespace
+        &self.options.clusters.namespace
     }
 
     pub fn machines(&self) -> Api<Machine> {

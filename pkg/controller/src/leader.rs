@@ -14,8 +14,15 @@ pub const LEASE_NAME: &str = "machine-controller";
 /// Lease duration and renewal grace in whole seconds, as the lease manager wants them:
 /// the lease is renewed `grace` seconds before it expires (MCM: duration - renew deadline).
 pub fn lease_timing(options: &Options) -> (u64, u64) {
-    let duration = options.leader_elect_lease_duration.as_secs().max(2);
-    let renew = options.leader_elect_renew_deadline.as_secs();
+    let duration = options
+        .leader_election
+        .leader_elect_lease_duration
+        .as_secs()
+        .max(2);
+    let renew = options
+        .leader_election
+        .leader_elect_renew_deadline
+        .as_secs();
     let grace = duration.saturating_sub(renew).clamp(1, duration - 1);
     (duration, grace)
 }
@@ -33,14 +40,14 @@ pub async fn acquire(
     let (duration, grace) = lease_timing(options);
     let identity = identity();
     let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
-        .with_namespace(options.namespace.clone())
+        .with_namespace(options.clusters.namespace.clone())
         .with_identity(identity.clone())
         .with_duration(duration)
         .with_grace(grace)
         .build()
         .await?;
     let (mut leading, _task) = manager.watch().await;
-    info!(%identity, lease = LEASE_NAME, namespace = %options.namespace, "waiting for leadership");
+    info!(%identity, lease = LEASE_NAME, namespace = %options.clusters.namespace, "waiting for leadership");
     while !*leading.borrow_and_update() {
         if leading.changed().await.is_err() {
             break;
@@ -72,9 +79,10 @@ mod tests {
         let options = Options::default();
         assert_eq!(lease_timing(&options), (15, 5));
         let mut options = Options::default();
-        options.leader_elect_renew_deadline = options.leader_elect_lease_duration;
+        options.leader_election.leader_elect_renew_deadline =
+            options.leader_election.leader_elect_lease_duration;
         assert_eq!(lease_timing(&options), (15, 1));
-        options.leader_elect_lease_duration = Duration::from_millis(500);
+        options.leader_election.leader_elect_lease_duration = Duration::from_millis(500);
         let (duration, grace) = lease_timing(&options);
         assert!(grace > 0 && grace < duration);
     }

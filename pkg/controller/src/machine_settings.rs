@@ -35,15 +35,15 @@ pub fn creation_timeout(machine: &Machine, options: &Options) -> Duration {
         .and_then(|text| parse_go_duration(text).ok());
     annotated
         .or_else(|| spec_duration(machine, "creationTimeout"))
-        .unwrap_or(options.machine_creation_timeout)
+        .unwrap_or(options.machines.machine_creation_timeout)
 }
 
 pub fn health_timeout(machine: &Machine, options: &Options) -> Duration {
-    spec_duration(machine, "healthTimeout").unwrap_or(options.machine_health_timeout)
+    spec_duration(machine, "healthTimeout").unwrap_or(options.machines.machine_health_timeout)
 }
 
 pub fn drain_timeout(machine: &Machine, options: &Options) -> Duration {
-    spec_duration(machine, "drainTimeout").unwrap_or(options.machine_drain_timeout)
+    spec_duration(machine, "drainTimeout").unwrap_or(options.machines.machine_drain_timeout)
 }
 
 pub fn max_evict_retries(machine: &Machine, options: &Options) -> i64 {
@@ -52,7 +52,7 @@ pub fn max_evict_retries(machine: &Machine, options: &Options) -> i64 {
         .extra
         .get("maxEvictRetries")
         .and_then(Value::as_i64)
-        .unwrap_or(i64::from(options.machine_max_evict_retries))
+        .unwrap_or(i64::from(options.machines.machine_max_evict_retries))
 }
 
 pub fn health_timeout_disabled(machine: &Machine) -> bool {
@@ -110,7 +110,7 @@ mod tests {
         let m = machine(json!({}), &[]);
         assert_eq!(
             creation_timeout(&m, &options),
-            options.machine_creation_timeout
+            options.machines.machine_creation_timeout
         );
         let m = machine(
             json!({"creationTimeout": "5m", "healthTimeout": "1m", "drainTimeout": "30m",
@@ -134,6 +134,9 @@ mod tests {
     fn unparseable_machine_durations_fall_back_to_flags() {
         let options = Options::default();
         let m = machine(json!({"healthTimeout": "ten minutes"}), &[]);
-        assert_eq!(health_timeout(&m, &options), options.machine_health_timeout);
+        assert_eq!(
+            health_timeout(&m, &options),
+            options.machines.machine_health_timeout
+        );
     }
 }

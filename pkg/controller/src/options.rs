@@ -13,35 +13,33 @@ pub const TARGET_KUBECONFIG_DISABLED: &str = "none";
 /// `--control-kubeconfig=inClusterConfig`: the Pod's service account.
 pub const IN_CLUSTER_CONFIG: &str = "inClusterConfig";
 
-/// Every flag the Go sidecar accepts. Flags with no effect here (profiling, content type,
+/// Every flag the Go sidecar accepts, in groups for `--help`; the flag names are the
+/// field names, as in the Go sidecar. Flags with no effect here (profiling, content type,
 /// resource lock kind) are accepted so existing Deployments keep starting; see `--help`.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
-    /// The port that the controller's http service (/metrics, /healthz) runs on
-    // MCM's flag is an int32 that its validation limits to 1..65535; checked here at parse
-    // time so a bad value is a clap error naming the flag.
-    #[arg(long, default_value_t = 10259, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
-    /// The IP address to serve on (set to 0.0.0.0 for all interfaces)
-    #[arg(long, default_value = "0.0.0.0")]
-    pub address: IpAddr,
-    /// The provider for cloud services (accepted for compatibility; unused)
-    #[arg(long, default_value = "")]
-    pub cloud_provider: String,
-    /// The number of machines reconciled concurrently (1-65535)
-    // kube-runtime takes the concurrency as a u16 in which 0 means unbounded: MCM's
-    // "greater than zero" and the u16 bound are both checked at parse time, with no clamping.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrent_syncs: u16,
-    /// Resync period of the watches (accepted for compatibility; watches re-list on their own)
-    #[arg(long, default_value = "12h", value_parser = parse_go_duration)]
-    pub min_resync_period: Duration,
-    /// Enable profiling via web interface (accepted for compatibility; no pprof in Rust)
-    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
-    pub profiling: bool,
-    /// Enable lock contention profiling (accepted for compatibility)
-    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
-    pub contention_profiling: bool,
+    #[command(flatten)]
+    pub clusters: Clusters,
+    #[command(flatten)]
+    pub server: Server,
+    #[command(flatten)]
+    pub controller: Controller,
+    #[command(flatten)]
+    pub machines: MachineLifecycle,
+    #[command(flatten)]
+    pub safety: Safety,
+    #[command(flatten)]
+    pub leader_election: LeaderElection,
+    #[command(flatten)]
+    pub logging: Logging,
+    #[command(flatten)]
+    pub compatibility: Compatibility,
+}
+
+/// The control and target clusters and how they are talked to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Clusters")]
+pub struct Clusters {
     /// Filepath to the target cluster's kubeconfig where node objects are expected to join, or "none" if there is no target cluster
     #[arg(long, default_value = "")]
     pub target_kubeconfig: String,
@@ -61,9 +59,41 @@ pub struct Options {
     // MCM's int32, which its validation keeps non-negative.
     #[arg(long, default_value_t = 30, value_parser = non_negative_int32())]
     pub kube_api_burst: u32,
+}
+
+/// The HTTP endpoint for /metrics and /healthz.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct Server {
+    /// The IP address to serve on (set to 0.0.0.0 for all interfaces)
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// The port that the controller's http service (/metrics, /healthz) runs on
+    // MCM's flag is an int32 that its validation limits to 1..65535; checked here at parse
+    // time so a bad value is a clap error naming the flag.
+    #[arg(long, default_value_t = 10259, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+}
+
+/// How the machine controller runs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Controller")]
+pub struct Controller {
+    /// The number of machines reconciled concurrently (1-65535)
+    // kube-runtime takes the concurrency as a u16 in which 0 means unbounded: MCM's
+    // "greater than zero" and the u16 bound are both checked at parse time, with no clamping.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrent_syncs: u16,
     /// Interval between starting controller managers
     #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
     pub controller_start_interval: Duration,
+}
+
+/// Defaults for a machine's creation, health, drain and deletion; a Machine's spec may
+/// override most of them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Machine lifecycle")]
+pub struct MachineLifecycle {
     /// Timeout used while joining (during creation) of a machine before it is declared Failed
     #[arg(long, default_value = "20m", value_parser = parse_go_duration)]
     pub machine_creation_timeout: Duration,
@@ -86,18 +116,12 @@ pub struct Options {
     /// Timeout used while waiting for reattach of PVs onto a different node
     #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
     pub machine_pv_reattach_timeout: Duration,
-    /// Time the API servers may be unreachable before the machine controller is frozen
-    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
-    pub machine_safety_apiserver_statuscheck_timeout: Duration,
     /// Duration a failed machine is preserved when annotated (accepted for compatibility; preservation is not supported)
     #[arg(long, default_value = "96h", value_parser = parse_go_duration)]
     pub machine_preserve_timeout: Duration,
-    /// Period of the safety controller's orphan VM collection
-    #[arg(long, default_value = "15m", value_parser = parse_go_duration)]
-    pub machine_safety_orphan_vms_period: Duration,
-    /// Period of the safety controller's API server reachability check
-    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
-    pub machine_safety_apiserver_statuscheck_period: Duration,
+    /// Retry period when machine creation fails with ResourceExhausted (0 means 10m)
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    pub resource_exhausted_retry: Duration,
     /// Comma-separated, case-sensitive node conditions which, when True, make a machine unhealthy
     #[arg(
         long,
@@ -108,21 +132,27 @@ pub struct Options {
     /// Comma-separated list of groups set as the bootstrap token's "auth-extra-groups"
     #[arg(long, default_value = "")]
     pub bootstrap_token_auth_extra_groups: String,
-    /// Retry period when machine creation fails with ResourceExhausted (0 means 10m)
-    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
-    pub resource_exhausted_retry: Duration,
-    /// Log verbosity: 0-1 info, 2-3 more info, 4+ debug, 6+ trace
-    #[arg(short = 'v', long = "v", default_value_t = 0)]
-    pub verbosity: u8,
-    /// Per-module verbosity (accepted for compatibility; use RUST_LOG for per-module filters)
-    #[arg(long, default_value = "")]
-    pub vmodule: String,
-    /// Log format: "text" or "json"
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub logging_format: String,
-    /// Maximum seconds between log flushes (accepted for compatibility; logs are not buffered)
-    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
-    pub log_flush_frequency: Duration,
+}
+
+/// The safety controller: orphan VMs and API server reachability.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Safety")]
+pub struct Safety {
+    /// Period of the safety controller's orphan VM collection
+    #[arg(long, default_value = "15m", value_parser = parse_go_duration)]
+    pub machine_safety_orphan_vms_period: Duration,
+    /// Period of the safety controller's API server reachability check
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    pub machine_safety_apiserver_statuscheck_period: Duration,
+    /// Time the API servers may be unreachable before the machine controller is frozen
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub machine_safety_apiserver_statuscheck_timeout: Duration,
+}
+
+/// `--leader-elect*`: one active sidecar per namespace.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Leader election")]
+pub struct LeaderElection {
     /// Start a leader election client and gain leadership before running the controllers
     #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     pub leader_elect: bool,
@@ -138,6 +168,42 @@ pub struct Options {
     /// Lock kind for leader election; only "leases" is supported
     #[arg(long, default_value = "leases", value_parser = ["leases", "endpointsleases", "configmapsleases"])]
     pub leader_elect_resource_lock: String,
+}
+
+/// klog's flags, mapped onto tracing.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct Logging {
+    /// Log verbosity: 0-1 info, 2-3 more info, 4+ debug, 6+ trace
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Per-module verbosity (accepted for compatibility; use RUST_LOG for per-module filters)
+    #[arg(long, default_value = "")]
+    pub vmodule: String,
+    /// Log format: "text" or "json"
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub logging_format: String,
+    /// Maximum seconds between log flushes (accepted for compatibility; logs are not buffered)
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    pub log_flush_frequency: Duration,
+}
+
+/// Go sidecar flags with no effect here, accepted so existing Deployments keep starting.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Accepted for compatibility")]
+pub struct Compatibility {
+    /// The provider for cloud services (accepted for compatibility; unused)
+    #[arg(long, default_value = "")]
+    pub cloud_provider: String,
+    /// Resync period of the watches (accepted for compatibility; watches re-list on their own)
+    #[arg(long, default_value = "12h", value_parser = parse_go_duration)]
+    pub min_resync_period: Duration,
+    /// Enable profiling via web interface (accepted for compatibility; no pprof in Rust)
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub profiling: bool,
+    /// Enable lock contention profiling (accepted for compatibility)
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub contention_profiling: bool,
 }
 
 /// Parses only the defaults.
@@ -164,33 +230,35 @@ impl Options {
         // --port, --concurrent-syncs, --kube-api-burst and --machine-max-evict-retries are
         // range-checked by their types at parse time.
         let mut errors = Vec::new();
-        if self.contention_profiling && !self.profiling {
+        if self.compatibility.contention_profiling && !self.compatibility.profiling {
             errors.push(
                 "--contention-profiling: cannot be enabled without enabling --profiling".into(),
             );
         }
-        if self.kube_api_qps.is_nan() || self.kube_api_qps <= 0.0 {
+        if self.clusters.kube_api_qps.is_nan() || self.clusters.kube_api_qps <= 0.0 {
             errors.push(format!(
                 "--kube-api-qps: should be greater than zero: got {}",
-                self.kube_api_qps
+                self.clusters.kube_api_qps
             ));
         }
-        if self.machine_safety_apiserver_statuscheck_period
-            < self.machine_safety_apiserver_statuscheck_timeout
+        if self.safety.machine_safety_apiserver_statuscheck_period
+            < self.safety.machine_safety_apiserver_statuscheck_timeout
         {
             errors.push(
                 "--machine-safety-apiserver-statuscheck-period: should not be less than --machine-safety-apiserver-statuscheck-timeout"
                     .into(),
             );
         }
-        if self.control_kubeconfig.is_empty()
-            && self.target_kubeconfig == TARGET_KUBECONFIG_DISABLED
+        if self.clusters.control_kubeconfig.is_empty()
+            && self.clusters.target_kubeconfig == TARGET_KUBECONFIG_DISABLED
         {
             errors.push(format!(
                 "--control-kubeconfig: cannot be empty if --target-kubeconfig={TARGET_KUBECONFIG_DISABLED} is specified"
             ));
         }
-        if self.leader_elect && self.leader_elect_renew_deadline > self.leader_elect_lease_duration
+        if self.leader_election.leader_elect
+            && self.leader_election.leader_elect_renew_deadline
+                > self.leader_election.leader_elect_lease_duration
         {
             errors.push(
                 "--leader-elect-renew-deadline: must be less than or equal to --leader-elect-lease-duration"
@@ -206,15 +274,15 @@ impl Options {
 
     /// Node condition types that make a machine unhealthy when not False.
     pub fn node_condition_types(&self) -> Vec<String> {
-        self.node_conditions.names().to_vec()
+        self.machines.node_conditions.names().to_vec()
     }
 
     /// `--resource-exhausted-retry`, where MCM reads 0 as its long retry.
     pub fn effective_resource_exhausted_retry(&self) -> Duration {
-        if self.resource_exhausted_retry.is_zero() {
+        if self.machines.resource_exhausted_retry.is_zero() {
             LONG_RETRY
         } else {
-            self.resource_exhausted_retry
+            self.machines.resource_exhausted_retry
         }
     }
 }
@@ -268,28 +336,49 @@ mod tests {
     #[test]
     fn defaults_are_mcm_defaults() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.port, 10259);
-        assert_eq!(o.address.to_string(), "0.0.0.0");
-        assert_eq!(o.namespace, "default");
-        assert_eq!(o.concurrent_syncs, 50);
-        assert_eq!(o.kube_api_qps, 20.0);
-        assert_eq!(o.kube_api_burst, 30);
-        assert_eq!(o.machine_creation_timeout, Duration::from_secs(20 * 60));
-        assert_eq!(o.machine_health_timeout, Duration::from_secs(10 * 60));
-        assert_eq!(o.machine_drain_timeout, Duration::from_secs(2 * 3600));
-        assert_eq!(o.machine_max_evict_retries, 360);
-        assert_eq!(o.machine_pv_detach_timeout, Duration::from_secs(120));
-        assert_eq!(o.machine_pv_reattach_timeout, Duration::from_secs(90));
-        assert_eq!(o.machine_safety_orphan_vms_period, Duration::from_secs(900));
+        assert_eq!(o.server.port, 10259);
+        assert_eq!(o.server.address.to_string(), "0.0.0.0");
+        assert_eq!(o.clusters.namespace, "default");
+        assert_eq!(o.controller.concurrent_syncs, 50);
+        assert_eq!(o.clusters.kube_api_qps, 20.0);
+        assert_eq!(o.clusters.kube_api_burst, 30);
         assert_eq!(
-            o.machine_safety_apiserver_statuscheck_period,
+            o.machines.machine_creation_timeout,
+            Duration::from_secs(20 * 60)
+        );
+        assert_eq!(
+            o.machines.machine_health_timeout,
+            Duration::from_secs(10 * 60)
+        );
+        assert_eq!(
+            o.machines.machine_drain_timeout,
+            Duration::from_secs(2 * 3600)
+        );
+        assert_eq!(o.machines.machine_max_evict_retries, 360);
+        assert_eq!(
+            o.machines.machine_pv_detach_timeout,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            o.machines.machine_pv_reattach_timeout,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            o.safety.machine_safety_orphan_vms_period,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            o.safety.machine_safety_apiserver_statuscheck_period,
             Duration::from_secs(60)
         );
         assert_eq!(
-            o.machine_safety_apiserver_statuscheck_timeout,
+            o.safety.machine_safety_apiserver_statuscheck_timeout,
             Duration::from_secs(30)
         );
-        assert_eq!(o.resource_exhausted_retry, Duration::from_secs(600));
+        assert_eq!(
+            o.machines.resource_exhausted_retry,
+            Duration::from_secs(600)
+        );
         assert_eq!(
             o.node_condition_types(),
             [
@@ -299,11 +388,20 @@ mod tests {
                 "NetworkUnavailable"
             ]
         );
-        assert!(o.leader_elect);
-        assert_eq!(o.leader_elect_lease_duration, Duration::from_secs(15));
-        assert_eq!(o.leader_elect_renew_deadline, Duration::from_secs(10));
-        assert_eq!(o.leader_elect_retry_period, Duration::from_secs(2));
-        assert_eq!(o.verbosity, 0);
+        assert!(o.leader_election.leader_elect);
+        assert_eq!(
+            o.leader_election.leader_elect_lease_duration,
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            o.leader_election.leader_elect_renew_deadline,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            o.leader_election.leader_elect_retry_period,
+            Duration::from_secs(2)
+        );
+        assert_eq!(o.logging.verbosity, 0);
         assert!(o.validate().is_ok());
     }
 
@@ -329,23 +427,33 @@ mod tests {
             "--kube-api-burst=200",
         ])
         .unwrap();
-        assert_eq!(o.control_kubeconfig, IN_CLUSTER_CONFIG);
-        assert_eq!(o.namespace, "shoot--dev--kubevirt");
+        assert_eq!(o.clusters.control_kubeconfig, IN_CLUSTER_CONFIG);
+        assert_eq!(o.clusters.namespace, "shoot--dev--kubevirt");
         assert_eq!(
-            o.machine_safety_orphan_vms_period,
+            o.safety.machine_safety_orphan_vms_period,
             Duration::from_secs(1800)
         );
-        assert_eq!(o.machine_drain_timeout, Duration::from_secs(7200));
-        assert_eq!(o.verbosity, 3);
-        assert_eq!(o.concurrent_syncs, 30);
+        assert_eq!(o.machines.machine_drain_timeout, Duration::from_secs(7200));
+        assert_eq!(o.logging.verbosity, 3);
+        assert_eq!(o.controller.concurrent_syncs, 30);
         assert!(o.validate().is_ok());
     }
 
     #[test]
     fn booleans_take_pflag_forms() {
-        assert!(!parse(&["--leader-elect=false"]).unwrap().leader_elect);
-        assert!(parse(&["--leader-elect"]).unwrap().leader_elect);
-        assert!(parse(&["--profiling"]).unwrap().profiling);
+        assert!(
+            !parse(&["--leader-elect=false"])
+                .unwrap()
+                .leader_election
+                .leader_elect
+        );
+        assert!(
+            parse(&["--leader-elect"])
+                .unwrap()
+                .leader_election
+                .leader_elect
+        );
+        assert!(parse(&["--profiling"]).unwrap().compatibility.profiling);
         // pflag booleans never consume the next argument.
         assert!(parse(&["--leader-elect", "false"]).is_err());
     }
@@ -353,8 +461,8 @@ mod tests {
     #[test]
     fn short_v_and_space_separated_values() {
         let o = parse(&["-v", "4", "--namespace", "ns"]).unwrap();
-        assert_eq!(o.verbosity, 4);
-        assert_eq!(o.namespace, "ns");
+        assert_eq!(o.logging.verbosity, 4);
+        assert_eq!(o.clusters.namespace, "ns");
     }
 
     #[test]
@@ -421,7 +529,11 @@ mod tests {
         }
         let o = parse(&["--port=65535", "--concurrent-syncs=1", "--kube-api-burst=0"]).unwrap();
         assert_eq!(
-            (o.port, o.concurrent_syncs, o.kube_api_burst),
+            (
+                o.server.port,
+                o.controller.concurrent_syncs,
+                o.clusters.kube_api_burst
+            ),
             (65535, 1, 0)
         );
     }
@@ -436,6 +548,31 @@ mod tests {
                 .node_condition_types()
                 .is_empty()
         );
+    }
+
+    /// `--help` shows each group under its heading, flags after their heading.
+    #[test]
+    fn help_groups_the_flags() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        for (heading, flag) in [
+            ("Clusters:", "--kube-api-burst"),
+            ("Server:", "--port"),
+            ("Controller:", "--concurrent-syncs"),
+            ("Machine lifecycle:", "--node-conditions"),
+            ("Safety:", "--machine-safety-orphan-vms-period"),
+            ("Leader election:", "--leader-elect-renew-deadline"),
+            ("Logging:", "--logging-format"),
+            ("Accepted for compatibility:", "--contention-profiling"),
+        ] {
+            let at = help
+                .find(heading)
+                .unwrap_or_else(|| panic!("{heading} in {help}"));
+            assert!(
+                help[at..].contains(flag),
+                "{flag} after {heading} in {help}"
+            );
+        }
     }
 
     #[test]

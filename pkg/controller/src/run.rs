@@ -106,11 +106,11 @@ pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<C
 /// Runs the sidecar until a controller stops or leadership is lost.
 pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunError> {
     let ctx = connect(&options, driver).await?;
-    let namespace = options.namespace.clone();
+    let namespace = options.clusters.namespace.clone();
 
     let machine_controller = Controller::new(ctx.machines(), watcher::Config::default());
     let machine_store = machine_controller.store();
-    let address = SocketAddr::new(options.address, options.port);
+    let address = SocketAddr::new(options.server.address, options.server.port);
     let router = crate::http::router(ctx.clone(), Some(machine_store.clone()));
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -118,7 +118,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
     info!(%address, "serving /healthz and /metrics");
     let http = tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let leadership = if options.leader_elect {
+    let leadership = if options.leader_election.leader_elect {
         Some(
             crate::leader::acquire(ctx.control.clone(), &options)
                 .await
@@ -127,11 +127,11 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
     } else {
         None
     };
-    if !options.controller_start_interval.is_zero() {
-        tokio::time::sleep(options.controller_start_interval).await;
+    if !options.controller.controller_start_interval.is_zero() {
+        tokio::time::sleep(options.controller.controller_start_interval).await;
     }
 
-    let concurrency = options.concurrent_syncs;
+    let concurrency = options.controller.concurrent_syncs;
     let machine_controller = match ctx.nodes() {
         Some(nodes) => {
             let namespace = namespace.clone();
@@ -213,7 +213,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
             if let Err(error) = collect_orphans(&orphan_ctx).await {
                 error!("orphan VM collection failed: {error}");
             }
-            tokio::time::sleep(orphan_ctx.options.machine_safety_orphan_vms_period).await;
+            tokio::time::sleep(orphan_ctx.options.safety.machine_safety_orphan_vms_period).await;
         }
     };
     let api_ctx = ctx.clone();

@@ -117,8 +117,14 @@ pub struct ApiServerWatch {
 impl ApiServerWatch {
     /// One check. Returns how long to wait before the next.
     pub async fn check(&mut self, ctx: &Context) -> Duration {
-        let period = ctx.options.machine_safety_apiserver_statuscheck_period;
-        let timeout = ctx.options.machine_safety_apiserver_statuscheck_timeout;
+        let period = ctx
+            .options
+            .safety
+            .machine_safety_apiserver_statuscheck_period;
+        let timeout = ctx
+            .options
+            .safety
+            .machine_safety_apiserver_statuscheck_timeout;
         let up = reachable(ctx).await;
         if ctx.is_frozen() {
             if up {
