@@ -8,6 +8,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use rand::Rng;
 use tracing::{debug, warn};
@@ -62,7 +63,7 @@ async fn token_secret(
     api: &Api<Secret>,
     machine: &Machine,
 ) -> Result<Secret, kube::Error> {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     let (id, secret_name) = token_id_and_secret_name(&name);
     match api.get(&secret_name).await {
         Ok(secret) => return Ok(secret),
@@ -118,7 +119,7 @@ pub async fn prepare_user_data(
     machine: &Machine,
     secret: &mut Secret,
 ) -> Result<(), Requeue> {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     let has_user_data = secret
         .data
         .as_ref()

@@ -20,6 +20,18 @@ pub mod retry {
     pub const SHORT: Duration = Duration::from_secs(5);
     pub const MEDIUM: Duration = Duration::from_secs(3 * 60);
     pub const LONG: Duration = Duration::from_secs(10 * 60);
+
+    /// The driver codes MCM retries after [`SHORT`]: the call may succeed as it is.
+    pub fn is_transient(code: mcm_provider_kubevirt::MachineCode) -> bool {
+        use mcm_provider_kubevirt::MachineCode;
+        matches!(
+            code,
+            MachineCode::Unknown
+                | MachineCode::DeadlineExceeded
+                | MachineCode::Aborted
+                | MachineCode::Unavailable
+        )
+    }
 }
 
 /// When to look at an object again, and why (logged; an error when `failed`).
@@ -58,6 +70,14 @@ impl Requeue {
         };
         Requeue::failure(after, format!("{what}: {error}"))
     }
+}
+
+/// The Node `name` of the target cluster, if it exists; a failed read retries soon.
+pub async fn get_node(nodes: &Api<Node>, name: &str) -> Result<Option<Node>, Requeue> {
+    nodes
+        .get_opt(name)
+        .await
+        .map_err(|error| Requeue::failure(retry::SHORT, format!("getting node {name:?}: {error}")))
 }
 
 pub fn is_not_found(error: &kube::Error) -> bool {

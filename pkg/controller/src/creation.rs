@@ -4,6 +4,7 @@
 //! failure continues where the last attempt stopped.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use tracing::{info, warn};
 
 use mcm_provider_kubevirt::driver::{CreateMachineResponse, MachineRequest};
@@ -49,10 +50,7 @@ async fn create_failed(
     let status = status_of(machine);
     let (after, keep_state) = match error.code {
         MachineCode::ResourceExhausted => (ctx.options.effective_resource_exhausted_retry(), true),
-        MachineCode::Unknown
-        | MachineCode::DeadlineExceeded
-        | MachineCode::Aborted
-        | MachineCode::Unavailable => (retry::SHORT, true),
+        code if retry::is_transient(code) => (retry::SHORT, true),
         _ => (retry::MEDIUM, false),
     };
     let mut last_known_state = if keep_state {
@@ -172,7 +170,7 @@ pub async fn creation_flow(
     class: &MachineClass,
     secret: Secret,
 ) -> Requeue {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     let mut secret = secret;
     if let Err(requeue) = prepare_user_data(ctx, machine, &mut secret).await {
         return requeue;

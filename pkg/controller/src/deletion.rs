@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
 use tracing::{info, warn};
 
@@ -12,7 +13,7 @@ use mcm_provider_kubevirt::driver::MachineRequest;
 use mcm_provider_kubevirt::mcm::{CurrentStatus, Machine};
 
 use crate::bootstrap_token::delete_bootstrap_token;
-use crate::context::{Context, Requeue, is_not_found, retry};
+use crate::context::{Context, Requeue, get_node, is_not_found, retry};
 use crate::creation::zone_of;
 use crate::drain::{PDB_RETRY, drain_pass, forced_drain};
 use crate::finalizers::{has_finalizer, set_finalizer};
@@ -112,7 +113,7 @@ async fn set_terminating(ctx: &Context, machine: &Machine) -> Requeue {
 /// the driver's answer.
 async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Requeue> {
     let machine = &request.machine;
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     if ctx.target.is_none() {
         let description = format!(
             "Running without target cluster, skipping node drain and volume attachment deletion. {}",
@@ -165,10 +166,7 @@ async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeue, R
                     state::PROCESSING,
                     retry::SHORT,
                 ),
-                MachineCode::Unknown
-                | MachineCode::DeadlineExceeded
-                | MachineCode::Aborted
-                | MachineCode::Unavailable => (
+                code if retry::is_transient(code) => (
                     format!(
                         "Error occurred with decoding machine error status while getting VM status, aborting with retry. {}",
                         step::GET_VM_STATUS
@@ -354,9 +352,7 @@ async fn delete_volume_attachments(ctx: &Context, machine: &Machine) -> Result<R
     let nodes = ctx
         .nodes()
         .ok_or_else(|| Requeue::failure(retry::SHORT, "no target cluster"))?;
-    let node = nodes.get_opt(&node_name).await.map_err(|error| {
-        Requeue::failure(retry::SHORT, format!("getting node {node_name:?}: {error}"))
-    })?;
+    let node = get_node(&nodes, &node_name).await?;
     let description = match node {
         None => format!(
             "Skipping deleteNodeVolAttachments due to - node {node_name:?} not found. Moving to VM Deletion. {}",
@@ -449,10 +445,7 @@ async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<Requeue, R
                 None,
                 false,
             ),
-            MachineCode::Unknown
-            | MachineCode::DeadlineExceeded
-            | MachineCode::Aborted
-            | MachineCode::Unavailable => (
+            code if retry::is_transient(code) => (
                 format!(
                     "VM deletion failed due to - {error}. However, will re-try in the next resync. {}",
                     step::INITIATE_VM_DELETION
@@ -578,7 +571,7 @@ async fn delete_node(ctx: &Context, machine: &Machine) -> Result<Requeue, Requeu
 }
 
 async fn remove_finalizer(ctx: &Context, machine: &Machine) -> Result<Requeue, Requeue> {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     // A machine that never joined still has its bootstrap token; do not leave it behind.
     if let Err(error) = delete_bootstrap_token(ctx, &name).await {
         return Err(Requeue::failure(

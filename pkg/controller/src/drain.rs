@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tracing::{info, warn};
@@ -213,7 +214,7 @@ pub async fn drain_pass(
         .collect();
     let mut progress = DrainProgress::default();
     for pod in &drained {
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let name = pod.name_any();
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let finished = matches!(

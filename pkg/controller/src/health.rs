@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use kube::ResourceExt;
 use kube::api::DeleteParams;
 use tracing::{info, warn};
 
 use mcm_provider_kubevirt::mcm::Machine;
 
 use crate::bootstrap_token::delete_bootstrap_token;
-use crate::context::{Context, Requeue, is_not_found, retry};
+use crate::context::{Context, Requeue, get_node, is_not_found, retry};
 use crate::machine_settings::{
     creation_timeout, elapsed_since, health_timeout, health_timeout_disabled, node_conditions,
 };
@@ -72,10 +73,8 @@ pub async fn reconcile_health(
     let Some(nodes) = ctx.nodes() else {
         return Ok(None);
     };
-    let name = machine.metadata.name.clone().unwrap_or_default();
-    let node = nodes.get_opt(node_name).await.map_err(|error| {
-        Requeue::failure(retry::SHORT, format!("getting node {node_name:?}: {error}"))
-    })?;
+    let name = machine.name_any();
+    let node = get_node(&nodes, node_name).await?;
     if let Some(node) = &node
         && node.metadata.deletion_timestamp.is_some()
     {

@@ -3,6 +3,7 @@
 //! cache at scrape time, as MCM's collector does; durations and driver calls are recorded
 //! as they happen.
 
+use kube::ResourceExt;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -251,7 +252,7 @@ fn machine_snapshot(machines: &[std::sync::Arc<Machine>], frozen: bool) -> Regis
     let info = Family::<Labels, GaugeF64>::default();
     let conditions = Family::<Labels, GaugeF64>::default();
     for machine in machines {
-        let name = machine.metadata.name.clone().unwrap_or_default();
+        let name = machine.name_any();
         let namespace = machine.metadata.namespace.clone().unwrap_or_default();
         let status = machine.status.as_ref();
         let current_phase = status

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::ResourceExt;
 use kube::api::PostParams;
 use tracing::info;
 
 use mcm_provider_kubevirt::mcm::{Machine, NodeTemplateSpec};
 
-use crate::context::{Context, Requeue};
+use crate::context::{Context, Requeue, get_node};
 use crate::names::{LAST_APPLIED_ANNOTATION, MACHINE_NAME_LABEL, NODE_FINALIZER};
 
 fn sync_map(
@@ -72,7 +73,7 @@ fn template_parts(
 
 /// Applies the machine's template to `node`; true when the node changed.
 pub fn apply_to_node(machine: &Machine, node: &mut Node) -> bool {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     let template = machine.spec.node_template.clone().unwrap_or_default();
     let (labels, annotations, taints) = template_parts(&template);
     let last_applied: NodeTemplateSpec = node
@@ -123,12 +124,7 @@ pub async fn sync_node(ctx: &Context, machine: &Machine, node_name: &str) -> Res
     let Some(nodes) = ctx.nodes() else {
         return Ok(());
     };
-    let node = nodes.get_opt(node_name).await.map_err(|error| {
-        Requeue::failure(
-            crate::context::retry::SHORT,
-            format!("getting node {node_name:?}: {error}"),
-        )
-    })?;
+    let node = get_node(&nodes, node_name).await?;
     let Some(mut node) = node else {
         return Ok(());
     };

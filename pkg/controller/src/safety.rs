@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use kube::api::ListParams;
 use tracing::{error, info, warn};
 
@@ -50,7 +51,7 @@ async fn collect_orphans_of(
     class: &MachineClass,
     report: &mut OrphanReport,
 ) -> Result<(), kube::Error> {
-    let class_name = class.metadata.name.clone().unwrap_or_default();
+    let class_name = class.name_any();
     let secret = secret_data(ctx, class).await?;
     let listed = match ctx
         .driver

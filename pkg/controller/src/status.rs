@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::PostParams;
 use tracing::{debug, warn};
 
@@ -109,7 +110,7 @@ pub async fn write_status(
 ) -> Result<Machine, kube::Error> {
     let mut updated = machine.clone();
     updated.status = Some(status);
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     ctx.machines()
         .replace_status(&name, &PostParams::default(), &updated)
         .await
@@ -145,7 +146,7 @@ pub async fn update_machine_status(
 
 /// Replaces the machine (metadata and spec) with optimistic concurrency.
 pub async fn replace_machine(ctx: &Context, machine: &Machine) -> Result<Machine, Requeue> {
-    let name = machine.metadata.name.clone().unwrap_or_default();
+    let name = machine.name_any();
     ctx.machines()
         .replace(&name, &PostParams::default(), machine)
         .await
