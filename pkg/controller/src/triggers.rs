@@ -15,6 +15,16 @@ use mcm_provider_kubevirt::mcm::{Machine, MachineClass, MachineSpec};
 use crate::names::{MACHINE_NAME_LABEL, NODE_LABEL};
 use crate::secrets::referenced_secrets;
 
+/// Names of the Machines in `store` that `concerns` accepts.
+fn machines_where(store: &Store<Machine>, concerns: impl Fn(&Machine) -> bool) -> Vec<String> {
+    store
+        .state()
+        .iter()
+        .filter(|machine| concerns(machine))
+        .map(|machine| machine.name_any())
+        .collect()
+}
+
 /// The Machines in `store` that refer to `class`.
 pub fn machines_of_class(
     store: &Store<Machine>,
@@ -22,11 +32,9 @@ pub fn machines_of_class(
     namespace: &str,
 ) -> Vec<ObjectRef<Machine>> {
     let name = class.name_any();
-    store
-        .state()
-        .into_iter()
-        .filter(|machine| machine.spec.class.name == name)
-        .map(|machine| ObjectRef::new(&machine.name_any()).within(namespace))
+    machines_where(store, |machine| machine.spec.class.name == name)
+        .iter()
+        .map(|machine| ObjectRef::new(machine).within(namespace))
         .collect()
 }
 
@@ -41,12 +49,9 @@ pub fn machines_of_node(
     namespace: &str,
 ) -> Vec<ObjectRef<Machine>> {
     let node_name = node.name_any();
-    let mut names: Vec<String> = store
-        .state()
-        .into_iter()
-        .filter(|machine| machine.labels().get(NODE_LABEL) == Some(&node_name))
-        .map(|machine| machine.name_any())
-        .collect();
+    let mut names = machines_where(store, |machine| {
+        machine.labels().get(NODE_LABEL) == Some(&node_name)
+    });
     names.extend(node.labels().get(MACHINE_NAME_LABEL).cloned());
     names.sort();
     names.dedup();
