@@ -368,18 +368,12 @@ impl Bed {
     /// Secrets, and Nodes it registered; empty when nothing is left.
     pub async fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        let list = ListParams::default();
-        for machine in self.machines().list(&list).await.expect("machines").items {
-            left.push(format!("Machine {}", machine.name_any()));
-        }
-        for vm in self.vms().list(&list).await.expect("VMs").items {
-            left.push(format!("VirtualMachine {}", vm.name_any()));
-        }
-        for secret in self.secrets().list(&list).await.expect("secrets").items {
-            if secret.name_any().starts_with("userdata-") {
-                left.push(format!("Secret {}", secret.name_any()));
-            }
-        }
+        let machines = names_in(&self.machines(), |_| true).await;
+        left.extend(machines.iter().map(|name| format!("Machine {name}")));
+        let vms = self.vm_names().await;
+        left.extend(vms.iter().map(|name| format!("VirtualMachine {name}")));
+        let secrets = self.userdata_secret_names().await;
+        left.extend(secrets.iter().map(|name| format!("Secret {name}")));
         let ours = ListParams::default().labels(&format!("{SCENARIO_LABEL}={}", self.namespace));
         for node in self.nodes().list(&ours).await.expect("nodes").items {
             left.push(format!("Node {}", node.name_any()));
@@ -488,7 +482,11 @@ where
 
 /// A kube client for the kubeconfig at `path`.
 pub async fn client_from(path: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).expect("kubeconfig readable");
+    client_for(Kubeconfig::read_from(path).expect("kubeconfig readable")).await
+}
+
+/// A kube client for `kubeconfig`'s current context.
+pub async fn client_for(kubeconfig: Kubeconfig) -> Client {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig usable");

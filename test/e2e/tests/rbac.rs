@@ -17,20 +17,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::bed::{
-    Bed, PATIENCE, SCENARIO_LABEL, SECRET_FINALIZER, Sidecar, eventually, free_port, repo,
-};
+use e2e::bed::{Bed, PATIENCE, SECRET_FINALIZER, Sidecar, eventually, free_port, repo};
+use e2e::kubelet::FakeKubelet;
 use e2e::scenario::with_bed;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
     PatchParams, PostParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::discovery::Scope;
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
 use mcm_provider_kubevirt::mcm::Machine;
 use serde_json::{Value, json};
@@ -128,7 +127,7 @@ async fn scenario(bed: &Bed, helm: PathBuf) {
     // The machine's Node joins, so that joining (Node finalizer and labels, bootstrap
     // token deleted) and deletion (Terminating condition, cordon, drain, Node deleted) run
     // with the chart's target rights too, not only the shortcuts taken without a Node.
-    register_ready_node(bed, &machine).await;
+    let _kubelet = FakeKubelet::start(bed.client.clone(), &bed.namespace);
     eventually("the machine Running", PATIENCE, || async {
         assert_never_refused(&sidecar);
         let status = bed
@@ -410,11 +409,7 @@ async fn token_kubeconfig(bed: &Bed, account: &str) -> String {
 }
 
 async fn client_for(kubeconfig: &str) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).expect("token kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("token kubeconfig usable");
-    Client::try_from(config).expect("client")
+    e2e::bed::client_for(Kubeconfig::from_yaml(kubeconfig).expect("token kubeconfig")).await
 }
 
 fn is_status(error: &kube::Error, code: u16) -> bool {
@@ -538,31 +533,6 @@ async fn bootstrap_tokens_of(bed: &Bed, machine: &str) -> Vec<String> {
 
 /// A Node `name` (the machine's node name) as a kubelet registers it, Ready, labelled for
 /// the bed's teardown.
-async fn register_ready_node(bed: &Bed, name: &str) {
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([(
-                SCENARIO_LABEL.to_owned(),
-                bed.namespace.clone(),
-            )])),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    bed.nodes()
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("Node registered");
-    let ready = json!({"status": {"conditions": [
-        {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "e2e"}
-    ]}});
-    bed.nodes()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(ready))
-        .await
-        .expect("Node Ready");
-}
-
 /// Removes a file holding a token when the scenario ends, however it ends.
 struct RemoveOnDrop(PathBuf);
 
