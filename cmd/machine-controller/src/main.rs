@@ -74,7 +74,7 @@ fn run_sidecar(options: Options) -> ExitCode {
         }
     };
     let driver = Arc::new(mcm_provider_kubevirt::kubevirt_driver());
-    match runtime.block_on(mcm_machine_controller::run::run(options, driver)) {
+    match runtime.block_on(mcm_machine_controller::runtime::run::run(options, driver)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");

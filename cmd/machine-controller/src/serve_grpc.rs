@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use mcm_grpc_driver::server::{DEFAULT_MAX_MESSAGE_SIZE, Listener, ServeOptions};
 use mcm_grpc_driver::{Listen, serve};
-use mcm_machine_controller::go_duration::parse_go_duration;
+use mcm_machine_controller::util::go_duration::parse_go_duration;
 
 #[derive(Debug, Args)]
 pub struct ServeGrpcArgs {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{Api, Client};
@@ -10,74 +9,16 @@ use kube::{Api, Client};
 use mcm_provider_kubevirt::Driver;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
-use crate::metrics::Metrics;
-use crate::options::Options;
+use crate::error::ApiError;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::options::Options;
 
-/// MCM's retry periods (`machineutils.RetryPeriod`).
-pub mod retry {
-    use std::time::Duration;
-    pub const CONFLICT: Duration = Duration::from_millis(200);
-    pub const SHORT: Duration = Duration::from_secs(5);
-    pub const MEDIUM: Duration = Duration::from_secs(3 * 60);
-    pub const LONG: Duration = Duration::from_secs(10 * 60);
-
-    /// The driver codes MCM retries after [`SHORT`]: the call may succeed as it is.
-    pub fn is_transient(code: mcm_provider_kubevirt::MachineCode) -> bool {
-        use mcm_provider_kubevirt::MachineCode;
-        matches!(
-            code,
-            MachineCode::Unknown
-                | MachineCode::DeadlineExceeded
-                | MachineCode::Aborted
-                | MachineCode::Unavailable
-        )
-    }
-}
-
-/// When to look at an object again, and why (logged; an error when `failed`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Requeue {
-    pub after: Duration,
-    pub reason: String,
-    /// MCM returns an error alongside most requeues, including ones after successful
-    /// writes ("Machine creation in process..."); this marks the real failures.
-    pub failed: bool,
-}
-
-impl Requeue {
-    pub fn after(after: Duration, reason: impl Into<String>) -> Self {
-        Requeue {
-            after,
-            reason: reason.into(),
-            failed: false,
-        }
-    }
-
-    pub fn failure(after: Duration, reason: impl Into<String>) -> Self {
-        Requeue {
-            after,
-            reason: reason.into(),
-            failed: true,
-        }
-    }
-
-    /// The retry MCM picks after a failed API write: conflicts retry almost at once.
-    pub fn api_failure(error: &kube::Error, what: &str) -> Self {
-        let after = if is_conflict(error) {
-            retry::CONFLICT
-        } else {
-            retry::SHORT
-        };
-        Requeue::failure(after, format!("{what}: {error}"))
-    }
-}
-
-/// The Node `name` of the target cluster, if it exists; a failed read retries soon.
-pub async fn get_node(nodes: &Api<Node>, name: &str) -> Result<Option<Node>, Requeue> {
+/// The Node `name` of the target cluster, if it exists.
+pub async fn get_node(nodes: &Api<Node>, name: &str) -> Result<Option<Node>, ApiError> {
     nodes
         .get_opt(name)
         .await
-        .map_err(|error| Requeue::failure(retry::SHORT, format!("getting node {name:?}: {error}")))
+        .map_err(|error| ApiError::new(format!("getting node {name:?}"), error))
 }
 
 pub fn is_not_found(error: &kube::Error) -> bool {

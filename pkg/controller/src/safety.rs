@@ -11,9 +11,9 @@ use mcm_provider_kubevirt::driver::{ListMachinesRequest, MachineRequest};
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
 use crate::context::{Context, is_not_found};
+use crate::machine::status::{current_status, last_operation, phase_of, status_of, write_status};
 use crate::names::{operation, phase, state};
 use crate::secrets::secret_data;
-use crate::status::{current_status, last_operation, phase_of, status_of, write_status};
 
 /// A name no Machine or Node can have, for reachability GETs answered 404.
 const PROBE_NAME: &str = "machine-controller-reachability-probe";

@@ -11,9 +11,10 @@ use tracing::{debug, info};
 
 use mcm_provider_kubevirt::mcm::{MachineClass, SecretReference};
 
-use crate::context::{Context, Requeue, is_not_found, retry};
-use crate::finalizers::set_finalizer;
+use crate::context::{Context, is_not_found};
+use crate::error::{ApiError, FinalizerError, ReconcileError, Requeue, retry};
 use crate::names::SECRET_FINALIZER;
+use crate::util::finalizers::set_finalizer;
 
 fn references(class: &MachineClass) -> impl Iterator<Item = &SecretReference> {
     class
@@ -68,39 +69,38 @@ pub async fn secret_data(ctx: &Context, class: &MachineClass) -> Result<Secret, 
 }
 
 /// Keeps the Secret finalizer exactly while some MachineClass of our namespace references it.
-pub async fn reconcile_secret(ctx: &Context, secret: &Secret) -> Requeue {
+pub async fn reconcile_secret(ctx: &Context, secret: &Secret) -> Result<Requeue, ReconcileError> {
     let name = secret.name_any();
     let namespace = secret
         .namespace()
         .unwrap_or_else(|| ctx.namespace().to_owned());
-    let classes = match ctx.machine_classes().list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(error) => {
-            return Requeue::failure(retry::SHORT, format!("listing MachineClasses: {error}"));
-        }
-    };
+    let failed = |error| ReconcileError::Secret(FinalizerError::Api(error));
+    let classes = ctx
+        .machine_classes()
+        .list(&ListParams::default())
+        .await
+        .map_err(|error| failed(ApiError::new("listing MachineClasses", error)))?
+        .items;
     let referenced = classes.iter().any(|class| {
         references(class).any(|r| reference_key(class, r) == (namespace.as_str(), name.as_str()))
     });
     if secret.metadata.deletion_timestamp.is_some() && referenced {
-        return Requeue::failure(
-            retry::LONG,
+        return Err(ReconcileError::Secret(FinalizerError::StillReferenced(
             format!("Secret {name:?} is being deleted but MachineClasses still reference it"),
-        );
+        )));
     }
-    match set_finalizer(
+    let updated = set_finalizer(
         &ctx.secrets_in(&namespace),
         secret,
         SECRET_FINALIZER,
         referenced,
     )
     .await
-    {
-        Ok(Some(_)) => {
-            info!(secret = %name, referenced, "secret finalizer updated");
-            Requeue::after(retry::LONG, "secret finalizer updated")
-        }
-        Ok(None) => Requeue::after(retry::LONG, "secret finalizer in place"),
-        Err(error) => Requeue::api_failure(&error, "secret finalizer update failed"),
+    .map_err(|error| failed(ApiError::new("secret finalizer update failed", error)))?;
+    if updated.is_some() {
+        info!(secret = %name, referenced, "secret finalizer updated");
+        Ok(Requeue::after(retry::LONG, "secret finalizer updated"))
+    } else {
+        Ok(Requeue::after(retry::LONG, "secret finalizer in place"))
     }
 }

@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::{Value, json};
 
-use mcm_machine_controller::drain::PDB_RETRY;
+use mcm_machine_controller::machine::deletion::drain::PDB_RETRY;
 use mcm_machine_controller::safety::{ApiServerWatch, collect_orphans};
 use support::*;
 
@@ -234,7 +234,7 @@ async fn vm_deletion_failures_are_recorded_and_retried() {
     );
     let requeue = world.reconcile("m-1").await;
     assert!(requeue.failed);
-    assert_eq!(requeue.after, mcm_machine_controller::context::retry::SHORT);
+    assert_eq!(requeue.after, mcm_machine_controller::error::retry::SHORT);
     assert!(
         description(&world, "m-1")
             .starts_with("VM deletion failed due to - machine codes error: code = [Unavailable]")
@@ -300,7 +300,9 @@ async fn class_and_secret_finalizers_follow_references() {
     let class: mcm_provider_kubevirt::mcm::MachineClass =
         world.ctx.machine_classes().get("class-a").await.unwrap();
     // No machine refers to the class: its finalizer goes.
-    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class).await;
+    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class)
+        .await
+        .unwrap();
     assert_eq!(
         world.server.get(CLASSES, "class-a").unwrap()["metadata"]["finalizers"],
         json!([])
@@ -309,7 +311,9 @@ async fn class_and_secret_finalizers_follow_references() {
         .server
         .insert(MACHINES, machine_json("m-1", json!({})));
     let class = world.ctx.machine_classes().get("class-a").await.unwrap();
-    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class).await;
+    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class)
+        .await
+        .unwrap();
     assert_eq!(
         world.server.get(CLASSES, "class-a").unwrap()["metadata"]["finalizers"],
         json!(["machine.sapcloud.io/machine-controller-manager"])
@@ -321,14 +325,18 @@ async fn class_and_secret_finalizers_follow_references() {
         json!(["machine.sapcloud.io/machine-controller"])
     );
     let secret = world.ctx.secrets_in(NS).get("cloud").await.unwrap();
-    mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret).await;
+    mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret)
+        .await
+        .unwrap();
     assert_eq!(
         world.server.get(SECRETS, "cloud").unwrap()["metadata"]["finalizers"],
         json!(["machine.sapcloud.io/machine-controller"])
     );
     world.server.insert(SECRETS, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": NS, "finalizers": ["machine.sapcloud.io/machine-controller"]}}));
     let secret = world.ctx.secrets_in(NS).get("unrelated").await.unwrap();
-    mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret).await;
+    mcm_machine_controller::secrets::reconcile_secret(&world.ctx, &secret)
+        .await
+        .unwrap();
     assert_eq!(
         world.server.get(SECRETS, "unrelated").unwrap()["metadata"]["finalizers"],
         json!([])
@@ -340,7 +348,9 @@ async fn class_and_secret_finalizers_follow_references() {
     class["metadata"]["deletionTimestamp"] = json!(ago(1));
     world.server.insert(CLASSES, class);
     let class = world.ctx.machine_classes().get("class-a").await.unwrap();
-    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class).await;
+    mcm_machine_controller::machine_class::reconcile_machine_class(&world.ctx, &class)
+        .await
+        .unwrap();
     assert!(world.server.get(CLASSES, "class-a").is_none());
     assert_eq!(
         world.server.get(SECRETS, "cloud").unwrap()["metadata"]["finalizers"],

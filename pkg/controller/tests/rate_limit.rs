@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use kube::client::ClientBuilder;
 
-use mcm_machine_controller::clients::rate_limit;
+use mcm_machine_controller::runtime::clients::rate_limit;
 
 #[tokio::test(start_paused = true)]
 async fn requests_beyond_the_burst_wait_for_the_rate() {

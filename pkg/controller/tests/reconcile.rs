@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use mcm_machine_controller::context::retry;
+use mcm_machine_controller::error::retry;
 use mcm_provider_kubevirt::MachineCode;
 use support::*;
 

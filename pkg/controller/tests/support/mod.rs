@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use kube_fake::FakeApiServer;
 use serde_json::{Value, json};
 
-use mcm_machine_controller::metrics::Metrics;
-use mcm_machine_controller::{Context, Options};
+use mcm_machine_controller::runtime::metrics::Metrics;
+use mcm_machine_controller::{Context, Options, Outcome};
 use mcm_provider_kubevirt::driver::*;
 use mcm_provider_kubevirt::{Driver, MachineCode, MachineError};
 
@@ -297,9 +297,10 @@ impl World {
     pub async fn get_machine(&self, name: &str) -> mcm_provider_kubevirt::mcm::Machine {
         self.ctx.machines().get(name).await.unwrap()
     }
-    pub async fn reconcile(&self, name: &str) -> mcm_machine_controller::Requeue {
+    pub async fn reconcile(&self, name: &str) -> Outcome {
         let machine = self.get_machine(name).await;
-        mcm_machine_controller::machine::reconcile_machine(&self.ctx, &machine).await
+        let result = mcm_machine_controller::machine::reconcile_machine(&self.ctx, &machine).await;
+        Outcome::of(&result, &self.ctx.options)
     }
     /// Reconciles until `done` holds (at most `limit` times); returns the requeues.
     pub async fn reconcile_until(
@@ -307,7 +308,7 @@ impl World {
         name: &str,
         limit: usize,
         done: impl Fn(&World) -> bool,
-    ) -> Vec<mcm_machine_controller::Requeue> {
+    ) -> Vec<Outcome> {
         let mut requeues = Vec::new();
         for _ in 0..limit {
             if done(self) {
@@ -410,7 +411,8 @@ pub async fn reconcile_stored(
     ctx: &Context,
     server: &FakeApiServer,
     name: &str,
-) -> Option<mcm_machine_controller::Requeue> {
+) -> Option<Outcome> {
     let machine = serde_json::from_value(server.get(MACHINES, name)?).ok()?;
-    Some(mcm_machine_controller::machine::reconcile_machine(ctx, &machine).await)
+    let result = mcm_machine_controller::machine::reconcile_machine(ctx, &machine).await;
+    Some(Outcome::of(&result, &ctx.options))
 }

@@ -17,7 +17,8 @@ use prometheus_client::registry::Registry;
 
 use mcm_provider_kubevirt::mcm::Machine;
 
-use crate::names::{NODE_LABEL, phase};
+use crate::machine::status::{node_name_of, phase_of};
+use crate::names::phase;
 
 type Labels = Vec<(String, String)>;
 type GaugeF64 = Gauge<f64, AtomicU64>;
@@ -117,7 +118,7 @@ impl Metrics {
         );
         registry.register(
             "mcm_machine_controller_reconciles",
-            "Machine reconciles, partitioned by outcome (requeue period class).",
+            "Reconciles, partitioned by controller, outcome (ok or error) and failed stage (the error variant).",
             metrics.reconciles.clone(),
         );
         Metrics {
@@ -183,11 +184,14 @@ impl Metrics {
         }
     }
 
-    pub fn reconciled(&self, controller: &str, outcome: &str) {
+    /// Counts a reconcile: `error` is the failed stage (the error variant), `None` on success.
+    pub fn reconciled(&self, controller: &str, error: Option<&str>) {
+        let outcome = if error.is_some() { "error" } else { "ok" };
         self.reconciles
             .get_or_create(&vec![
                 ("controller".to_owned(), controller.to_owned()),
                 ("outcome".to_owned(), outcome.to_owned()),
+                ("error".to_owned(), error.unwrap_or_default().to_owned()),
             ])
             .inc();
     }
@@ -252,56 +256,21 @@ fn machine_snapshot(machines: &[std::sync::Arc<Machine>], frozen: bool) -> Regis
     let info = Family::<Labels, GaugeF64>::default();
     let conditions = Family::<Labels, GaugeF64>::default();
     for machine in machines {
-        let name = machine.name_any();
-        let namespace = machine.metadata.namespace.clone().unwrap_or_default();
-        let status = machine.status.as_ref();
-        let current_phase = status
-            .and_then(|s| s.current_status.as_ref())
-            .and_then(|c| c.phase.as_deref())
-            .unwrap_or_default();
+        let identity = vec![
+            ("name".to_owned(), machine.name_any()),
+            (
+                "namespace".to_owned(),
+                machine.metadata.namespace.clone().unwrap_or_default(),
+            ),
+        ];
         phases
-            .get_or_create(&vec![
-                ("name".to_owned(), name.clone()),
-                ("namespace".to_owned(), namespace.clone()),
-            ])
-            .set(phase_value(current_phase));
-        let created = machine
-            .metadata
-            .creation_timestamp
+            .get_or_create(&identity)
+            .set(phase_value(phase_of(machine)));
+        info.get_or_create(&info_labels(machine, identity.clone()))
+            .set(1.0);
+        for condition in machine
+            .status
             .as_ref()
-            .map(|t| t.0.as_second().to_string())
-            .unwrap_or_default();
-        let class = &machine.spec.class;
-        info.get_or_create(&vec![
-            ("name".to_owned(), name.clone()),
-            ("namespace".to_owned(), namespace.clone()),
-            ("createdAt".to_owned(), created),
-            (
-                "spec_provider_id".to_owned(),
-                machine.spec.provider_id.clone().unwrap_or_default(),
-            ),
-            (
-                "spec_class_api_group".to_owned(),
-                class.api_group.clone().unwrap_or_default(),
-            ),
-            (
-                "spec_class_kind".to_owned(),
-                class.kind.clone().unwrap_or_default(),
-            ),
-            ("spec_class_name".to_owned(), class.name.clone()),
-            (
-                "node_name".to_owned(),
-                machine
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(NODE_LABEL))
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-        ])
-        .set(1.0);
-        for condition in status
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
             .flatten()
@@ -311,13 +280,9 @@ fn machine_snapshot(machines: &[std::sync::Arc<Machine>], frozen: bool) -> Regis
                 "False" => 0.0,
                 _ => 2.0,
             };
-            conditions
-                .get_or_create(&vec![
-                    ("name".to_owned(), name.clone()),
-                    ("namespace".to_owned(), namespace.clone()),
-                    ("condition".to_owned(), condition.type_.clone()),
-                ])
-                .set(value);
+            let mut labels = identity.clone();
+            labels.push(("condition".to_owned(), condition.type_.clone()));
+            conditions.get_or_create(&labels).set(value);
         }
     }
     registry.register(
@@ -336,6 +301,36 @@ fn machine_snapshot(machines: &[std::sync::Arc<Machine>], frozen: bool) -> Regis
         conditions,
     );
     registry
+}
+
+/// `mcm_machine_info`'s labels: the machine's identity, creation time, providerID, class
+/// and node.
+fn info_labels(machine: &Machine, mut labels: Labels) -> Labels {
+    let created = machine
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second().to_string())
+        .unwrap_or_default();
+    let class = &machine.spec.class;
+    labels.extend([
+        ("createdAt".to_owned(), created),
+        (
+            "spec_provider_id".to_owned(),
+            machine.spec.provider_id.clone().unwrap_or_default(),
+        ),
+        (
+            "spec_class_api_group".to_owned(),
+            class.api_group.clone().unwrap_or_default(),
+        ),
+        (
+            "spec_class_kind".to_owned(),
+            class.kind.clone().unwrap_or_default(),
+        ),
+        ("spec_class_name".to_owned(), class.name.clone()),
+        ("node_name".to_owned(), node_name_of(machine)),
+    ]);
+    labels
 }
 
 #[cfg(test)]
@@ -380,6 +375,21 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn reconciles_are_counted_by_outcome_and_failed_stage() {
+        let metrics = Metrics::new();
+        metrics.reconciled("machine", None);
+        metrics.reconciled("machine", Some("creation"));
+        metrics.reconciled("machine", Some("creation"));
+        let text = metrics.render(&[], false);
+        for expected in [
+            "mcm_machine_controller_reconciles_total{controller=\"machine\",outcome=\"ok\",error=\"\"} 1",
+            "mcm_machine_controller_reconciles_total{controller=\"machine\",outcome=\"error\",error=\"creation\"} 2",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]

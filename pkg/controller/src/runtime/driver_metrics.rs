@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use mcm_provider_kubevirt::driver::*;
 use mcm_provider_kubevirt::{Driver, MachineError};
 
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 
 pub struct InstrumentedDriver {
     inner: Arc<dyn Driver>,

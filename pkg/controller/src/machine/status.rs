@@ -12,7 +12,8 @@ use tracing::{debug, warn};
 
 use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineStatus};
 
-use crate::context::{Context, Requeue, retry};
+use crate::context::Context;
+use crate::error::{ApiError, Requeue, retry};
 use crate::names::NODE_LABEL;
 
 /// MCM rewrites a similar status anyway once its lastOperation is this old.
@@ -23,20 +24,34 @@ pub fn now() -> Time {
 }
 
 pub fn last_operation(description: impl Into<String>, state: &str, type_: &str) -> LastOperation {
+    last_operation_at(Timestamp::now(), description, state, type_)
+}
+
+/// A lastOperation stamped `now`: for decisions taken on a given clock.
+pub fn last_operation_at(
+    now: Timestamp,
+    description: impl Into<String>,
+    state: &str,
+    type_: &str,
+) -> LastOperation {
     LastOperation {
         description: Some(description.into()),
         error_code: None,
-        last_update_time: Some(now()),
+        last_update_time: Some(Time(now)),
         state: Some(state.to_owned()),
         type_: Some(type_.to_owned()),
     }
 }
 
 pub fn current_status(phase: &str, timeout_active: bool) -> CurrentStatus {
+    current_status_at(Timestamp::now(), phase, timeout_active)
+}
+
+pub fn current_status_at(now: Timestamp, phase: &str, timeout_active: bool) -> CurrentStatus {
     CurrentStatus {
         phase: Some(phase.to_owned()),
         timeout_active: timeout_active.then_some(true),
-        last_update_time: Some(now()),
+        last_update_time: Some(Time(now)),
     }
 }
 
@@ -73,6 +88,16 @@ pub fn description_of(machine: &Machine) -> &str {
         .unwrap_or_default()
 }
 
+/// The persisted lastOperation type, Delete when none (what the deletion flow writes).
+pub fn op_type_of(machine: &Machine) -> String {
+    machine
+        .status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .and_then(|o| o.type_.clone())
+        .unwrap_or_else(|| crate::names::operation::DELETE.to_owned())
+}
+
 fn without_times(
     operation: Option<&LastOperation>,
     current: Option<&CurrentStatus>,
@@ -92,7 +117,7 @@ pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
             .last_operation
             .as_ref()
             .and_then(|o| o.last_update_time.as_ref());
-        updated.is_none() || crate::machine_settings::elapsed_since(updated) > FORCE_REWRITE_AFTER
+        updated.is_none() || crate::machine::settings::elapsed_since(updated) > FORCE_REWRITE_AFTER
     };
     if stale(old) {
         return false;
@@ -124,7 +149,7 @@ pub async fn update_machine_status(
     operation: LastOperation,
     current: CurrentStatus,
     last_known_state: Option<String>,
-) -> Result<(), Requeue> {
+) -> Result<(), ApiError> {
     let old = status_of(machine);
     let mut new = old.clone();
     new.last_operation = Some(operation);
@@ -139,18 +164,18 @@ pub async fn update_machine_status(
         Ok(_) => Ok(()),
         Err(error) => {
             warn!(machine = name, "status update failed: {error}");
-            Err(Requeue::api_failure(&error, "Machine/status UPDATE failed"))
+            Err(ApiError::new("Machine/status UPDATE failed", error))
         }
     }
 }
 
 /// Replaces the machine (metadata and spec) with optimistic concurrency.
-pub async fn replace_machine(ctx: &Context, machine: &Machine) -> Result<Machine, Requeue> {
+pub async fn replace_machine(ctx: &Context, machine: &Machine) -> Result<Machine, ApiError> {
     let name = machine.name_any();
     ctx.machines()
         .replace(&name, &PostParams::default(), machine)
         .await
-        .map_err(|error| Requeue::api_failure(&error, "Machine UPDATE failed"))
+        .map_err(|error| ApiError::new("Machine UPDATE failed", error))
 }
 
 /// The short requeue MCM answers after a successful write, to continue from the new state.

@@ -15,8 +15,9 @@ use tracing::{debug, warn};
 
 use mcm_provider_kubevirt::mcm::Machine;
 
-use crate::context::{Context, Requeue, is_not_found, retry};
-use crate::machine_settings::creation_timeout;
+use crate::context::{Context, is_not_found};
+use crate::error::CreationError;
+use crate::machine::settings::creation_timeout;
 use crate::names::{BOOTSTRAP_TOKEN_PLACEHOLDER, MACHINE_NAME_PLACEHOLDER};
 
 const USER_DATA_KEY: &str = "userData";
@@ -118,26 +119,23 @@ pub async fn prepare_user_data(
     ctx: &Context,
     machine: &Machine,
     secret: &mut Secret,
-) -> Result<(), Requeue> {
+) -> Result<(), CreationError> {
     let name = machine.name_any();
     let has_user_data = secret
         .data
         .as_ref()
         .is_some_and(|d| d.contains_key(USER_DATA_KEY));
     if !has_user_data {
-        return Err(Requeue::failure(
-            retry::SHORT,
-            format!("userdata field not found in secret for machine {name:?}"),
-        ));
+        return Err(CreationError::NoUserData { machine: name });
     }
     let mut user_data = data_string(secret, USER_DATA_KEY);
     if let Some(target) = &ctx.target {
         let api: Api<Secret> = Api::namespaced(target.clone(), KUBE_SYSTEM);
-        let token_secret = token_secret(ctx, &api, machine).await.map_err(|error| {
-            Requeue::failure(
-                retry::SHORT,
-                format!("bootstrap token for machine {name:?}: {error}"),
-            )
+        let token_secret = token_secret(ctx, &api, machine).await.map_err(|source| {
+            CreationError::BootstrapToken {
+                machine: name.clone(),
+                source,
+            }
         })?;
         let token = format!(
             "{}.{}",

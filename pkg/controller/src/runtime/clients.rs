@@ -11,7 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tower::limit::RateLimitLayer;
 
-use crate::options::{IN_CLUSTER_CONFIG, Options, TARGET_KUBECONFIG_DISABLED};
+use crate::runtime::options::{IN_CLUSTER_CONFIG, Options, TARGET_KUBECONFIG_DISABLED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -145,7 +145,7 @@ pub async fn ensure_reachable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::Clusters;
+    use crate::runtime::options::Clusters;
 
     const KUBECONFIG: &str = "apiVersion: v1
 kind: Config

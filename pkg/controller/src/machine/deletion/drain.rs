@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::Api;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -22,9 +22,9 @@ use mcm_provider_kubevirt::driver::GetVolumeIdsRequest;
 use mcm_provider_kubevirt::mcm::Machine;
 
 use crate::context::{Context, is_not_found};
-use crate::machine_settings::{drain_timeout, elapsed_since};
+use crate::machine::settings::{drain_timeout, elapsed_since};
+use crate::machine::status::phase_of;
 use crate::names::{FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION, phase};
-use crate::status::phase_of;
 
 /// MCM's pause between evictions refused by a PodDisruptionBudget.
 pub const PDB_RETRY: Duration = Duration::from_secs(20);
@@ -106,7 +106,7 @@ async fn mark_terminating(
     if phase_of(machine).is_empty() || phase_of(machine) == phase::CRASH_LOOP_BACK_OFF {
         return Ok(());
     }
-    let now = crate::status::now();
+    let now = crate::machine::status::now();
     let reason = if phase_of(machine) == phase::FAILED {
         "Unhealthy"
     } else {
@@ -176,6 +176,61 @@ async fn volume_ids_of(ctx: &Context, client: &kube::Client, pods: &[Pod]) -> BT
     }
 }
 
+/// Evicts (or, forced, deletes) the pods; those still there are counted.
+async fn evict_all(client: &Client, pods: &[Pod], force: bool) -> Result<DrainProgress, String> {
+    let mut progress = DrainProgress::default();
+    for pod in pods {
+        let name = pod.name_any();
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        let result = if force || finished {
+            let params = if force {
+                DeleteParams::default().grace_period(0)
+            } else {
+                DeleteParams::default()
+            };
+            api.delete(&name, &params).await.map(|_| ())
+        } else if pod.metadata.deletion_timestamp.is_some() {
+            // Already going; wait for it.
+            progress.remaining += 1;
+            continue;
+        } else {
+            api.evict(&name, &EvictParams::default()).await.map(|_| ())
+        };
+        match result {
+            Ok(()) if force || finished => {}
+            Ok(()) => progress.remaining += 1,
+            Err(error) if is_not_found(&error) => {}
+            Err(kube::Error::Api(status)) if status.code == 429 => {
+                progress.remaining += 1;
+                progress.blocked_by_pdb += 1;
+            }
+            Err(error) => return Err(format!("evicting pod {namespace}/{name}: {error}")),
+        }
+    }
+    Ok(progress)
+}
+
+/// How many of the drained pods' volume IDs the node still reports attached.
+fn attached_count(node: &Node, volume_ids: &BTreeSet<String>) -> usize {
+    let attached: Vec<String> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.volumes_attached.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    volume_ids
+        .iter()
+        .filter(|id| attached.iter().any(|name| name.ends_with(id.as_str())))
+        .count()
+}
+
 /// One drain pass over the node. `Err` is an API failure the flow reports.
 pub async fn drain_pass(
     ctx: &Context,
@@ -212,54 +267,10 @@ pub async fn drain_pass(
         .into_iter()
         .filter(|p| !is_skipped(p))
         .collect();
-    let mut progress = DrainProgress::default();
-    for pod in &drained {
-        let name = pod.name_any();
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let finished = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        );
-        let result = if force || finished {
-            let params = if force {
-                DeleteParams::default().grace_period(0)
-            } else {
-                DeleteParams::default()
-            };
-            api.delete(&name, &params).await.map(|_| ())
-        } else if pod.metadata.deletion_timestamp.is_some() {
-            // Already going; wait for it.
-            progress.remaining += 1;
-            continue;
-        } else {
-            api.evict(&name, &EvictParams::default()).await.map(|_| ())
-        };
-        match result {
-            Ok(()) if force || finished => {}
-            Ok(()) => progress.remaining += 1,
-            Err(error) if is_not_found(&error) => {}
-            Err(kube::Error::Api(status)) if status.code == 429 => {
-                progress.remaining += 1;
-                progress.blocked_by_pdb += 1;
-            }
-            Err(error) => return Err(format!("evicting pod {namespace}/{name}: {error}")),
-        }
-    }
+    let mut progress = evict_all(&client, &drained, force).await?;
     if !force && progress.remaining == 0 {
         let ids = volume_ids_of(ctx, &client, &drained).await;
-        let attached: Vec<String> = node
-            .status
-            .as_ref()
-            .and_then(|s| s.volumes_attached.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.name)
-            .collect();
-        progress.attached_volumes = ids
-            .iter()
-            .filter(|id| attached.iter().any(|name| name.ends_with(id.as_str())))
-            .count();
+        progress.attached_volumes = attached_count(&node, &ids);
     }
     info!(
         node = node_name,
@@ -301,7 +312,7 @@ mod tests {
     fn force_label_timeout_and_not_ready_force_the_drain() {
         let hour = Duration::from_secs(3600);
         let mut machine = Machine::new("m", Default::default());
-        machine.metadata.deletion_timestamp = Some(crate::status::now());
+        machine.metadata.deletion_timestamp = Some(crate::machine::status::now());
         assert_eq!(force_reason(&machine, hour), None);
         machine.metadata.labels =
             Some([(FORCE_DELETION_LABEL.to_owned(), "True".to_owned())].into());
@@ -312,7 +323,7 @@ mod tests {
         );
         machine.metadata.deletion_timestamp = Some(old.clone());
         assert!(force_reason(&machine, Duration::from_secs(60)).is_some());
-        machine.metadata.deletion_timestamp = Some(crate::status::now());
+        machine.metadata.deletion_timestamp = Some(crate::machine::status::now());
         machine.status = Some(
             serde_json::from_value(json!({"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": old}]}))

@@ -1,18 +1,13 @@
-//! Keeping a Machine's Node in line with it: the machine-name label, the finalizer, and
-//! the machine's nodeTemplate labels, annotations and taints. What the template applied
-//! last is remembered on the Node (MCM's last-applied annotation), so keys removed from
-//! the template are removed from the Node and nobody else's are touched.
+//! What a Machine's nodeTemplate makes of its Node, without I/O: labels, annotations
+//! and taints the template owns (remembered in MCM's last-applied annotation, so keys
+//! removed from the template are removed and nobody else's are touched), the
+//! machine-name label and the finalizer.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::ResourceExt;
-use kube::api::PostParams;
-use tracing::info;
-
 use mcm_provider_kubevirt::mcm::{Machine, NodeTemplateSpec};
 
-use crate::context::{Context, Requeue, get_node};
 use crate::names::{LAST_APPLIED_ANNOTATION, MACHINE_NAME_LABEL, NODE_FINALIZER};
 
 fn sync_map(
@@ -73,7 +68,7 @@ fn template_parts(
 
 /// Applies the machine's template to `node`; true when the node changed.
 pub fn apply_to_node(machine: &Machine, node: &mut Node) -> bool {
-    let name = machine.name_any();
+    let name = machine.metadata.name.clone().unwrap_or_default();
     let template = machine.spec.node_template.clone().unwrap_or_default();
     let (labels, annotations, taints) = template_parts(&template);
     let last_applied: NodeTemplateSpec = node
@@ -117,32 +112,6 @@ pub fn apply_to_node(machine: &Machine, node: &mut Node) -> bool {
         finalizers.push(NODE_FINALIZER.to_owned());
     }
     changed || template_changed || taints_changed || recorded_changed || finalizer_missing
-}
-
-/// Syncs the machine's Node; a missing Node is not an error (it may not have joined yet).
-pub async fn sync_node(ctx: &Context, machine: &Machine, node_name: &str) -> Result<(), Requeue> {
-    let Some(nodes) = ctx.nodes() else {
-        return Ok(());
-    };
-    let node = get_node(&nodes, node_name).await?;
-    let Some(mut node) = node else {
-        return Ok(());
-    };
-    if node.metadata.deletion_timestamp.is_some() || !apply_to_node(machine, &mut node) {
-        return Ok(());
-    }
-    nodes
-        .replace(node_name, &PostParams::default(), &node)
-        .await
-        .map_err(|error| Requeue::api_failure(&error, "node update failed"))?;
-    info!(
-        node = node_name,
-        "node labels, annotations, taints and finalizer synced"
-    );
-    Err(Requeue::after(
-        crate::context::retry::SHORT,
-        "node template synced",
-    ))
 }
 
 #[cfg(test)]

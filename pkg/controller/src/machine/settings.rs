@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use mcm_provider_kubevirt::mcm::Machine;
+use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 use serde_json::Value;
 use tracing::warn;
 
-use crate::go_duration::parse_go_duration;
 use crate::names::EFFECTIVE_CREATION_TIMEOUT_ANNOTATION;
-use crate::options::{Options, split_conditions};
+use crate::runtime::options::{Options, split_conditions};
+use crate::util::go_duration::parse_go_duration;
 
 fn spec_duration(machine: &Machine, field: &str) -> Option<Duration> {
     let text = machine.spec.extra.get(field)?.as_str()?;
@@ -76,11 +77,22 @@ pub fn node_conditions(machine: &Machine, options: &Options) -> Vec<String> {
     }
 }
 
+/// The zone label of the duration metrics: the providerSpec's zone, if any.
+pub fn zone_of(class: &MachineClass) -> String {
+    class.provider_spec["zone"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Time since a timestamp, zero for timestamps in the future or missing.
-pub fn elapsed_since(
-    time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-) -> Duration {
-    time.and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+pub fn elapsed_since(time: Option<&Time>) -> Duration {
+    elapsed_until(time, Timestamp::now())
+}
+
+/// Time from a timestamp to `now`, zero for timestamps after it or missing.
+pub fn elapsed_until(time: Option<&Time>, now: Timestamp) -> Duration {
+    time.and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
         .unwrap_or(Duration::ZERO)
 }
 

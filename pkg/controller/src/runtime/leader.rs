@@ -7,7 +7,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::options::Options;
+use crate::runtime::options::Options;
 
 pub const LEASE_NAME: &str = "machine-controller";
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 
-use crate::go_duration::parse_go_duration;
+use crate::util::go_duration::parse_go_duration;
 
 /// `--target-kubeconfig=none`: run without a target cluster (no Nodes, no drain).
 pub const TARGET_KUBECONFIG_DISABLED: &str = "none";

@@ -1,0 +1,547 @@
+//! The health decision, without I/O: given the Machine, its Node (if any), the machine's
+//! health settings and the time, what the Machine's status becomes and what else follows.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::jiff::Timestamp;
+
+use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
+
+use crate::machine::settings::elapsed_until;
+use crate::machine::status::{current_status_at, last_operation_at, phase_of, status_of};
+use crate::names::{CRITICAL_COMPONENTS_NOT_READY_TAINT, operation, phase, state};
+
+/// How soon a Pending or Unknown machine is looked at again for its timeout.
+pub const TIMEOUT_RECHECK: Duration = Duration::from_secs(60);
+
+/// What health is judged on.
+#[derive(Debug, Clone)]
+pub struct HealthInputs<'a> {
+    pub machine: &'a Machine,
+    pub node: Option<&'a Node>,
+    /// Condition types that make a Node unhealthy when not False.
+    pub problem_conditions: &'a [String],
+    pub creation_timeout: Duration,
+    pub health_timeout: Duration,
+    pub health_timeout_disabled: bool,
+    pub now: Timestamp,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthAssessment {
+    /// The Node is being deleted; its Machine goes with it (MCM's triggerMachineDeletion).
+    NodeDeleted,
+    /// Nothing to write; look again after `recheck` while a timeout is running.
+    Unchanged { recheck: Option<Duration> },
+    /// Write `status`. `joined`: the node joined after this long (record it, drop the
+    /// bootstrap token); `failed_join`: the creation timeout ran out.
+    Changed {
+        status: Box<MachineStatus>,
+        joined: Option<Duration>,
+        failed_join: bool,
+    },
+}
+
+/// MCM's `reconcileMachineHealth` as a decision.
+pub fn assess(inputs: &HealthInputs) -> HealthAssessment {
+    if inputs
+        .node
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+    {
+        return HealthAssessment::NodeDeleted;
+    }
+    let mut status = status_of(inputs.machine);
+    let (changed, joined) = match inputs.node {
+        None => (missing_node(inputs, &mut status), None),
+        Some(node) => present_node(inputs, node, &mut status),
+    };
+    if changed {
+        return HealthAssessment::Changed {
+            status: Box::new(status),
+            joined,
+            failed_join: false,
+        };
+    }
+    timeout(inputs, status)
+}
+
+/// A Running machine whose Node went missing becomes Unknown.
+fn missing_node(inputs: &HealthInputs, status: &mut MachineStatus) -> bool {
+    let had_conditions = status.conditions.as_ref().is_some_and(|c| !c.is_empty());
+    if !had_conditions || phase_of(inputs.machine) != phase::RUNNING {
+        return false;
+    }
+    let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
+    let description = format!(
+        "Node object went missing. Machine {name} is unhealthy - changing MachinePhase to Unknown"
+    );
+    set_unknown(inputs, status, description);
+    true
+}
+
+/// Conditions copied from the Node; Running when healthy, Unknown when a Running one is not.
+fn present_node(
+    inputs: &HealthInputs,
+    node: &Node,
+    status: &mut MachineStatus,
+) -> (bool, Option<Duration>) {
+    let conditions = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut changed = false;
+    if conditions_changed(
+        status.conditions.as_deref().unwrap_or_default(),
+        &conditions,
+    ) {
+        status.conditions = Some(conditions.clone());
+        changed = true;
+    }
+    let current = phase_of(inputs.machine);
+    let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
+    if !is_healthy(&conditions, inputs.problem_conditions) {
+        if current == phase::RUNNING {
+            let description = format!(
+                "Machine {name} is unhealthy - changing MachinePhase to Unknown. Node conditions: {}",
+                describe_conditions(&conditions)
+            );
+            set_unknown(inputs, status, description);
+            changed = true;
+        }
+        return (changed, None);
+    }
+    let held_back = current == phase::PENDING && critical_components_not_ready(node);
+    if current == phase::RUNNING || held_back {
+        return (changed, None);
+    }
+    let previous = status.last_operation.clone().unwrap_or_default();
+    let first_join = previous.type_.as_deref() == Some(operation::CREATE)
+        && previous.state.as_deref() != Some(state::SUCCESSFUL);
+    let joined = first_join.then(|| {
+        elapsed_until(
+            inputs.machine.metadata.creation_timestamp.as_ref(),
+            inputs.now,
+        )
+    });
+    let (description, op_type) = match joined {
+        Some(after) => (
+            format!(
+                "Machine {name} successfully joined the cluster in {}",
+                format_duration(after)
+            ),
+            operation::CREATE,
+        ),
+        None => (
+            format!("Machine {name} successfully re-joined the cluster"),
+            operation::HEALTH_CHECK,
+        ),
+    };
+    set(
+        inputs,
+        status,
+        phase::RUNNING,
+        description,
+        state::SUCCESSFUL,
+        op_type,
+    );
+    (true, joined)
+}
+
+/// Pending past the creation timeout, or Unknown past the health timeout, is Failed.
+fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment {
+    let current = phase_of(inputs.machine);
+    let pending = current == phase::PENDING;
+    if !pending && current != phase::UNKNOWN {
+        return HealthAssessment::Unchanged { recheck: None };
+    }
+    let (limit, since) = if pending {
+        (
+            inputs.creation_timeout,
+            inputs.machine.metadata.creation_timestamp.as_ref(),
+        )
+    } else {
+        let since = status
+            .current_status
+            .as_ref()
+            .and_then(|c| c.last_update_time.as_ref());
+        (inputs.health_timeout, since)
+    };
+    if elapsed_until(since, inputs.now) <= limit {
+        return HealthAssessment::Unchanged {
+            recheck: Some(TIMEOUT_RECHECK),
+        };
+    }
+    let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
+    if pending {
+        let description = format!(
+            "Machine {name} failed to join the cluster in {} minutes.",
+            format_duration(limit)
+        );
+        let op_type = status
+            .last_operation
+            .as_ref()
+            .and_then(|o| o.type_.clone())
+            .unwrap_or_else(|| operation::CREATE.to_owned());
+        set(
+            inputs,
+            &mut status,
+            phase::FAILED,
+            description,
+            state::FAILED,
+            &op_type,
+        );
+        return HealthAssessment::Changed {
+            status: Box::new(status),
+            joined: None,
+            failed_join: true,
+        };
+    }
+    if inputs.health_timeout_disabled {
+        return HealthAssessment::Unchanged { recheck: None };
+    }
+    let description = format!(
+        "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
+        format_duration(limit),
+        describe_conditions(status.conditions.as_deref().unwrap_or_default())
+    );
+    set(
+        inputs,
+        &mut status,
+        phase::FAILED,
+        description,
+        state::FAILED,
+        operation::HEALTH_CHECK,
+    );
+    HealthAssessment::Changed {
+        status: Box::new(status),
+        joined: None,
+        failed_join: false,
+    }
+}
+
+/// Unknown: the health check found the Node unhealthy or missing.
+fn set_unknown(inputs: &HealthInputs, status: &mut MachineStatus, description: String) {
+    set(
+        inputs,
+        status,
+        phase::UNKNOWN,
+        description,
+        state::PROCESSING,
+        operation::HEALTH_CHECK,
+    );
+}
+
+fn set(
+    inputs: &HealthInputs,
+    status: &mut MachineStatus,
+    new_phase: &str,
+    description: String,
+    op_state: &str,
+    op_type: &str,
+) {
+    status.current_status = Some(current_status_at(inputs.now, new_phase, false));
+    status.last_operation = Some(last_operation_at(
+        inputs.now,
+        description,
+        op_state,
+        op_type,
+    ));
+}
+
+/// A condition added, removed or changed in status. Heartbeat times alone do not count:
+/// copying every kubelet heartbeat would rewrite each Machine every few minutes.
+pub fn conditions_changed(old: &[NodeCondition], new: &[NodeCondition]) -> bool {
+    let status_of = |list: &[NodeCondition], type_: &str| {
+        list.iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    };
+    new.iter()
+        .any(|c| status_of(old, &c.type_).as_ref() != Some(&c.status))
+        || old.iter().any(|c| status_of(new, &c.type_).is_none())
+}
+
+/// Ready True and every configured problem condition False.
+pub fn is_healthy(conditions: &[NodeCondition], problem_types: &[String]) -> bool {
+    !conditions.is_empty()
+        && conditions.iter().all(|c| {
+            let ready_ok = c.type_ != "Ready" || c.status == "True";
+            let problem_ok = !problem_types.contains(&c.type_) || c.status == "False";
+            ready_ok && problem_ok
+        })
+}
+
+fn critical_components_not_ready(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|t| t.key == CRITICAL_COMPONENTS_NOT_READY_TAINT && t.effect == "NoSchedule")
+}
+
+/// Go's `time.Duration` printing for whole seconds, as MCM's descriptions show it.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    format!("{}h{}m{}s", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+fn describe_conditions(conditions: &[NodeCondition]) -> String {
+    conditions
+        .iter()
+        .map(|c| format!("{}={}", c.type_, c.status))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus, Taint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::SignedDuration;
+
+    fn condition(type_: &str, status: &str) -> NodeCondition {
+        NodeCondition {
+            type_: type_.into(),
+            status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A fixed clock: every test judges at the same instant.
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn ago(minutes: i64) -> Time {
+        Time(now() - SignedDuration::from_mins(minutes))
+    }
+
+    fn machine(current: &str, op_type: &str, op_state: &str, created_minutes_ago: i64) -> Machine {
+        let mut machine = Machine::new("m1", Default::default());
+        machine.metadata.creation_timestamp = Some(ago(created_minutes_ago));
+        machine.status = Some(MachineStatus {
+            current_status: Some(current_status_at(ago(1).0, current, false)),
+            last_operation: Some(last_operation_at(ago(1).0, "before", op_state, op_type)),
+            ..Default::default()
+        });
+        machine
+    }
+
+    fn node(conditions: &[(&str, &str)]) -> Node {
+        Node {
+            status: Some(NodeStatus {
+                conditions: Some(conditions.iter().map(|(t, s)| condition(t, s)).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn inputs<'a>(
+        machine: &'a Machine,
+        node: Option<&'a Node>,
+        problems: &'a [String],
+    ) -> HealthInputs<'a> {
+        HealthInputs {
+            machine,
+            node,
+            problem_conditions: problems,
+            creation_timeout: Duration::from_secs(20 * 60),
+            health_timeout: Duration::from_secs(10 * 60),
+            health_timeout_disabled: false,
+            now: now(),
+        }
+    }
+
+    fn changed(assessment: HealthAssessment) -> (MachineStatus, Option<Duration>, bool) {
+        match assessment {
+            HealthAssessment::Changed {
+                status,
+                joined,
+                failed_join,
+            } => (*status, joined, failed_join),
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn phase(status: &MachineStatus) -> &str {
+        status
+            .current_status
+            .as_ref()
+            .and_then(|c| c.phase.as_deref())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pending_machine_with_a_ready_node_joins_with_its_join_time() {
+        let m = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 7);
+        let n = node(&[("Ready", "True")]);
+        let (status, joined, failed_join) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), phase::RUNNING);
+        assert_eq!(joined, Some(Duration::from_secs(7 * 60)));
+        assert!(!failed_join);
+        let op = status.last_operation.unwrap();
+        assert_eq!(
+            op.description.unwrap(),
+            "Machine m1 successfully joined the cluster in 0h7m0s"
+        );
+        assert_eq!(op.last_update_time, Some(Time(now())));
+    }
+
+    #[test]
+    fn critical_components_taint_holds_a_pending_machine_back() {
+        let m = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 7);
+        let mut n = node(&[("Ready", "True")]);
+        n.spec = Some(NodeSpec {
+            taints: Some(vec![Taint {
+                key: CRITICAL_COMPONENTS_NOT_READY_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        // The conditions are new to the Machine, so they are written, but it stays Pending.
+        let (status, joined, _) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), phase::PENDING);
+        assert_eq!(joined, None);
+    }
+
+    #[test]
+    fn a_running_machine_turns_unknown_on_a_problem_condition_or_a_lost_node() {
+        let problems = vec!["DiskPressure".to_owned()];
+        let mut m = machine(phase::RUNNING, operation::CREATE, state::SUCCESSFUL, 60);
+        let n = node(&[("Ready", "True"), ("DiskPressure", "True")]);
+        let (status, ..) = changed(assess(&inputs(&m, Some(&n), &problems)));
+        assert_eq!(phase(&status), phase::UNKNOWN);
+        assert!(
+            status
+                .last_operation
+                .unwrap()
+                .description
+                .unwrap()
+                .contains("DiskPressure=True")
+        );
+
+        m.status.as_mut().unwrap().conditions = Some(vec![condition("Ready", "True")]);
+        let (status, ..) = changed(assess(&inputs(&m, None, &problems)));
+        assert_eq!(phase(&status), phase::UNKNOWN);
+        assert!(
+            status
+                .last_operation
+                .unwrap()
+                .description
+                .unwrap()
+                .starts_with("Node object went missing")
+        );
+    }
+
+    #[test]
+    fn timeouts_fail_pending_and_unknown_machines_only_once_passed() {
+        let m = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 19);
+        assert_eq!(
+            assess(&inputs(&m, None, &[])),
+            HealthAssessment::Unchanged {
+                recheck: Some(TIMEOUT_RECHECK)
+            }
+        );
+        let m = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 21);
+        let (status, _, failed_join) = changed(assess(&inputs(&m, None, &[])));
+        assert_eq!(phase(&status), phase::FAILED);
+        assert!(failed_join);
+
+        let mut m = machine(
+            phase::UNKNOWN,
+            operation::HEALTH_CHECK,
+            state::PROCESSING,
+            600,
+        );
+        m.status.as_mut().unwrap().current_status =
+            Some(current_status_at(ago(11).0, phase::UNKNOWN, false));
+        let (status, _, failed_join) = changed(assess(&inputs(&m, None, &[])));
+        assert_eq!(phase(&status), phase::FAILED);
+        assert!(!failed_join);
+        let mut disabled = inputs(&m, None, &[]);
+        disabled.health_timeout_disabled = true;
+        assert_eq!(
+            assess(&disabled),
+            HealthAssessment::Unchanged { recheck: None }
+        );
+    }
+
+    #[test]
+    fn a_node_being_deleted_takes_the_machine() {
+        let m = machine(phase::RUNNING, operation::CREATE, state::SUCCESSFUL, 60);
+        let mut n = node(&[("Ready", "True")]);
+        n.metadata.deletion_timestamp = Some(ago(0));
+        assert_eq!(
+            assess(&inputs(&m, Some(&n), &[])),
+            HealthAssessment::NodeDeleted
+        );
+    }
+
+    #[test]
+    fn health_needs_ready_and_no_problem_condition() {
+        let problems = vec!["DiskPressure".to_owned()];
+        assert!(!is_healthy(&[], &problems));
+        assert!(is_healthy(
+            &[
+                condition("Ready", "True"),
+                condition("DiskPressure", "False")
+            ],
+            &problems
+        ));
+        assert!(!is_healthy(&[condition("Ready", "False")], &problems));
+        assert!(!is_healthy(
+            &[
+                condition("Ready", "True"),
+                condition("DiskPressure", "True")
+            ],
+            &problems
+        ));
+        assert!(!is_healthy(
+            &[
+                condition("Ready", "True"),
+                condition("DiskPressure", "Unknown")
+            ],
+            &problems
+        ));
+        // Conditions not configured as problems are ignored.
+        assert!(is_healthy(
+            &[
+                condition("Ready", "True"),
+                condition("MemoryPressure", "True")
+            ],
+            &problems
+        ));
+    }
+
+    #[test]
+    fn only_type_and_status_changes_count() {
+        let mut beat = condition("Ready", "True");
+        beat.last_heartbeat_time = Some(Time(now()));
+        assert!(!conditions_changed(&[condition("Ready", "True")], &[beat]));
+        assert!(conditions_changed(
+            &[condition("Ready", "True")],
+            &[condition("Ready", "False")]
+        ));
+        assert!(conditions_changed(&[], &[condition("Ready", "True")]));
+        assert!(conditions_changed(
+            &[
+                condition("Ready", "True"),
+                condition("DiskPressure", "False")
+            ],
+            &[condition("Ready", "True")]
+        ));
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(format_duration(Duration::from_secs(20 * 60)), "0h20m0s");
+        assert_eq!(format_duration(Duration::from_secs(3725)), "1h2m5s");
+    }
+}

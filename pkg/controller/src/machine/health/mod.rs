@@ -1,0 +1,150 @@
+//! MCM's health reconcile (`reconcileMachineHealth`): Node conditions copied to the
+//! Machine, Pending -> Running once healthy, Running -> Unknown when not, and Failed when
+//! the creation or health timeout runs out. [`assessment`] decides; this module reads the
+//! Node and applies the decision.
+
+pub mod assessment;
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
+use tracing::{info, warn};
+
+use crate::context::{Context, get_node, is_not_found};
+use crate::error::{ApiError, ReconcileError, Requeue, retry};
+use crate::machine::bootstrap_token::delete_bootstrap_token;
+use crate::machine::settings::{
+    creation_timeout, health_timeout, health_timeout_disabled, node_conditions,
+};
+use crate::machine::status::{replace_machine, status_of, write_status};
+use crate::names::{JOIN_DURATION_ANNOTATION, phase};
+use crate::runtime::metrics::MachineDuration;
+use assessment::{HealthAssessment, HealthInputs, assess, format_duration};
+
+/// Breaks with the requeue after a write (or a deleted Node), or continues with an
+/// earlier recheck for a running timeout.
+pub async fn reconcile_health(
+    ctx: &Context,
+    machine: &Machine,
+    node_name: &str,
+    zone: &str,
+) -> Result<ControlFlow<Requeue, Option<Duration>>, ReconcileError> {
+    let Some(nodes) = ctx.nodes() else {
+        return Ok(ControlFlow::Continue(None));
+    };
+    let node = get_node(&nodes, node_name)
+        .await
+        .map_err(ReconcileError::Health)?;
+    let problem_conditions = node_conditions(machine, &ctx.options);
+    let inputs = HealthInputs {
+        machine,
+        node: node.as_ref(),
+        problem_conditions: &problem_conditions,
+        creation_timeout: creation_timeout(machine, &ctx.options),
+        health_timeout: health_timeout(machine, &ctx.options),
+        health_timeout_disabled: health_timeout_disabled(machine),
+        now: Timestamp::now(),
+    };
+    match assess(&inputs) {
+        HealthAssessment::NodeDeleted => delete_machine_of_deleted_node(ctx, machine, node_name)
+            .await
+            .map(ControlFlow::Break),
+        HealthAssessment::Unchanged { recheck } => Ok(ControlFlow::Continue(recheck)),
+        HealthAssessment::Changed {
+            status,
+            joined,
+            failed_join,
+        } => {
+            apply(ctx, machine, zone, *status, joined, failed_join).await?;
+            Ok(ControlFlow::Break(Requeue::after(
+                retry::SHORT,
+                "machine phase/conditions updated",
+            )))
+        }
+    }
+}
+
+/// Writes the assessed status, after what a join or a failed join brings with it.
+async fn apply(
+    ctx: &Context,
+    machine: &Machine,
+    zone: &str,
+    status: MachineStatus,
+    joined: Option<Duration>,
+    failed_join: bool,
+) -> Result<(), ReconcileError> {
+    let name = machine.name_any();
+    if status.last_operation != status_of(machine).last_operation {
+        log_transition(&name, &status);
+    }
+    let mut target = machine.clone();
+    if let Some(joined) = joined {
+        if let Err(error) = delete_bootstrap_token(ctx, &name).await {
+            warn!(machine = %name, "deleting the bootstrap token failed: {error}");
+        }
+        ctx.metrics
+            .machine_duration(MachineDuration::Join, machine, zone, joined);
+        // The annotation is metadata: written with the machine, before the status.
+        target
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(JOIN_DURATION_ANNOTATION.to_owned(), format_duration(joined));
+        target = replace_machine(ctx, &target)
+            .await
+            .map_err(ReconcileError::Health)?;
+    }
+    if failed_join {
+        ctx.metrics.failed_join(machine, zone);
+    }
+    write_status(ctx, &target, status).await.map_err(|error| {
+        ReconcileError::Health(ApiError::new("Update of Phase/Conditions failed", error))
+    })?;
+    Ok(())
+}
+
+fn log_transition(name: &str, status: &MachineStatus) {
+    let description = status
+        .last_operation
+        .as_ref()
+        .and_then(|o| o.description.as_deref())
+        .unwrap_or_default();
+    let new_phase = status
+        .current_status
+        .as_ref()
+        .and_then(|c| c.phase.as_deref())
+        .unwrap_or_default();
+    if new_phase == phase::RUNNING {
+        info!(machine = %name, "{description}");
+    } else if new_phase == phase::UNKNOWN || new_phase == phase::FAILED {
+        warn!(machine = %name, "{description}");
+    }
+}
+
+/// MCM's `triggerMachineDeletion`: a Node being deleted takes its Machine with it. The
+/// Node's finalizer (set by node sync) holds it until the machine's deletion flow has
+/// drained it and deleted the VM; without this the Node would stay Terminating and the
+/// Machine Running on a lost Node.
+async fn delete_machine_of_deleted_node(
+    ctx: &Context,
+    machine: &Machine,
+    node_name: &str,
+) -> Result<Requeue, ReconcileError> {
+    let name = machine.name_any();
+    info!(machine = %name, node = %node_name, "node is being deleted; triggering machine deletion");
+    match ctx.machines().delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(Requeue::after(
+            retry::SHORT,
+            format!("node {node_name:?} is being deleted; machine deletion triggered"),
+        )),
+        Err(error) if is_not_found(&error) => Ok(Requeue::after(retry::LONG, "machine gone")),
+        Err(error) => Err(ReconcileError::Health(ApiError::new(
+            "machine backing a deleted node could not be marked for deletion",
+            error,
+        ))),
+    }
+}

@@ -1,0 +1,83 @@
+//! The machine reconcile (MCM's `reconcileClusterMachineKey` and its termination twin):
+//! finalizer first, then deletion, freeze, health and node sync, then the creation flow.
+//! Each flow lives in a module of its own; this one only dispatches.
+
+pub mod bootstrap_token;
+pub mod creation;
+pub mod deletion;
+pub mod health;
+pub mod node_sync;
+pub mod settings;
+pub mod status;
+
+use std::ops::ControlFlow;
+
+use mcm_provider_kubevirt::driver::MachineRequest;
+use mcm_provider_kubevirt::mcm::Machine;
+
+use crate::context::Context;
+use crate::error::{ApiError, ReconcileError, Requeue, retry};
+use crate::machine::creation::creation_flow;
+use crate::machine::deletion::deletion_flow;
+use crate::machine::health::reconcile_health;
+use crate::machine::node_sync::sync_node;
+use crate::machine::settings::zone_of;
+use crate::machine::status::{node_name_of, phase_of};
+use crate::machine_class::class_of;
+use crate::names::{MCM_FINALIZER, phase};
+use crate::util::finalizers::set_finalizer;
+
+/// One reconcile of one machine: when to look again, or the stage that failed.
+pub async fn reconcile_machine(
+    ctx: &Context,
+    machine: &Machine,
+) -> Result<Requeue, ReconcileError> {
+    if machine.metadata.deletion_timestamp.is_some() {
+        let (class, secret) = class_of(ctx, machine).await?;
+        let request = MachineRequest {
+            machine: machine.clone(),
+            machine_class: class,
+            secret,
+        };
+        return deletion_flow(ctx, &request).await;
+    }
+    let added = set_finalizer(&ctx.machines(), machine, MCM_FINALIZER, true)
+        .await
+        .map_err(|error| {
+            ReconcileError::Finalizer(ApiError::new("Failed to add finalizers", error))
+        })?;
+    if added.is_some() {
+        return Ok(Requeue::after(
+            retry::SHORT,
+            "Machine creation in process. Machine finalizers are UPDATED",
+        ));
+    }
+    if ctx.is_frozen() {
+        return Err(ReconcileError::Frozen);
+    }
+    if machine.spec.class.name.is_empty() {
+        return Err(ReconcileError::InvalidMachine(
+            "spec.class.name: Required value".to_owned(),
+        ));
+    }
+    let (class, secret) = class_of(ctx, machine).await?;
+
+    let node_name = node_name_of(machine);
+    let current = phase_of(machine);
+    let mut recheck = None;
+    if !node_name.is_empty() && !current.is_empty() {
+        match reconcile_health(ctx, machine, &node_name, &zone_of(&class)).await? {
+            ControlFlow::Break(requeue) => return Ok(requeue),
+            ControlFlow::Continue(after) => recheck = after,
+        }
+        if let ControlFlow::Break(requeue) = sync_node(ctx, machine, &node_name).await? {
+            return Ok(requeue);
+        }
+    }
+    let provider_id = machine.spec.provider_id.as_deref().unwrap_or_default();
+    if provider_id.is_empty() || current.is_empty() || current == phase::CRASH_LOOP_BACK_OFF {
+        return creation_flow(ctx, machine, &class, secret).await;
+    }
+    let after = recheck.map_or(retry::LONG, |r: std::time::Duration| r.min(retry::LONG));
+    Ok(Requeue::after(after, "periodic reconcile"))
+}

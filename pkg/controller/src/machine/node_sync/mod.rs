@@ -1,0 +1,51 @@
+//! Keeping a Machine's Node in line with it: the machine-name label, the finalizer, and
+//! the machine's nodeTemplate labels, annotations and taints. What the template applied
+//! last is remembered on the Node (MCM's last-applied annotation), so keys removed from
+//! the template are removed from the Node and nobody else's are touched.
+//! [`template`] decides what the Node should carry; this module reads and writes it.
+
+pub mod template;
+
+use std::ops::ControlFlow;
+
+use kube::api::PostParams;
+use tracing::info;
+
+use mcm_provider_kubevirt::mcm::Machine;
+
+use crate::context::{Context, get_node};
+use crate::error::{ApiError, ReconcileError, Requeue, retry};
+use template::apply_to_node;
+
+/// Syncs the machine's Node; a missing Node is not an error (it may not have joined yet).
+/// Breaks with the requeue after a write, so the next reconcile sees the written Node.
+pub async fn sync_node(
+    ctx: &Context,
+    machine: &Machine,
+    node_name: &str,
+) -> Result<ControlFlow<Requeue>, ReconcileError> {
+    let Some(nodes) = ctx.nodes() else {
+        return Ok(ControlFlow::Continue(()));
+    };
+    let node = get_node(&nodes, node_name)
+        .await
+        .map_err(ReconcileError::NodeSync)?;
+    let Some(mut node) = node else {
+        return Ok(ControlFlow::Continue(()));
+    };
+    if node.metadata.deletion_timestamp.is_some() || !apply_to_node(machine, &mut node) {
+        return Ok(ControlFlow::Continue(()));
+    }
+    nodes
+        .replace(node_name, &PostParams::default(), &node)
+        .await
+        .map_err(|error| ReconcileError::NodeSync(ApiError::new("node update failed", error)))?;
+    info!(
+        node = node_name,
+        "node labels, annotations, taints and finalizer synced"
+    );
+    Ok(ControlFlow::Break(Requeue::after(
+        retry::SHORT,
+        "node template synced",
+    )))
+}

@@ -1,0 +1,10 @@
+//! The process around the reconcilers: flags, clients, leader election, the HTTP
+//! endpoint, metrics, and `run`, which wires the controllers together.
+
+pub mod clients;
+pub mod driver_metrics;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod options;
+pub mod run;

@@ -1,0 +1,4 @@
+//! Small helpers with no MCM logic of their own.
+
+pub mod finalizers;
+pub mod go_duration;
