@@ -5,11 +5,13 @@
 mod render;
 mod serve_grpc;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mcm_machine_controller::Options;
+use mcm_machine_controller::runtime::go_flags;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -58,7 +60,7 @@ fn init_logging(verbosity: u8, format: &str) {
     }
 }
 
-fn run_sidecar(options: Options) -> ExitCode {
+fn run_sidecar(options: Options, retired_flags: &[String]) -> ExitCode {
     if let Err(errors) = options.validate() {
         for error in errors {
             eprintln!("error: {error}");
@@ -66,6 +68,11 @@ fn run_sidecar(options: Options) -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(options.logging.verbosity, &options.logging.logging_format);
+    for flag in retired_flags {
+        tracing::warn!(
+            "flag --{flag} is deprecated and ignored: it is klog's, and logs go to stderr here (set --v and --logging-format); remove it"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -84,10 +91,23 @@ fn run_sidecar(options: Options) -> ExitCode {
     }
 }
 
+/// Subcommands, whose own flags are Rust-style and left as they are.
+const SUBCOMMANDS: &[&str] = &["render", "schema", "serve-grpc", "help"];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let is_sidecar = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_none_or(|a| !SUBCOMMANDS.contains(&a));
+    let (args, retired_flags) = if is_sidecar {
+        go_flags::normalize(args)
+    } else {
+        (args, Vec::new())
+    };
+    let cli = Cli::parse_from(args);
     match cli.command {
-        None => run_sidecar(cli.options),
+        None => run_sidecar(cli.options, &retired_flags),
         Some(Command::Render(args)) => match render::render(&args) {
             Ok(yaml) => {
                 print!("{yaml}");

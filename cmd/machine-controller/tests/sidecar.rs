@@ -95,6 +95,31 @@ fn a_repeated_flag_takes_its_last_value() {
     );
 }
 
+/// The Go sidecar's klog flags and underscore spellings still start the sidecar: here it
+/// gets as far as validating the flags, whose (underscore-spelled) renew deadline is
+/// refused, and the klog flags are not what stops it.
+#[test]
+fn klog_flags_and_underscore_spellings_are_accepted() {
+    let out = sidecar()
+        .args([
+            "--logtostderr",
+            "--log_dir",
+            "/var/log",
+            "--stderrthreshold=INFO",
+            "--leader_elect=true",
+            "--leader_elect_renew_deadline=20s",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--leader-elect-renew-deadline: must be less than"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+}
+
 /// Gardener's args, with a token-file kubeconfig pointing at a closed port: the sidecar
 /// retries for MCM's 10 seconds, then exits 1 naming the unreachable server, and never
 /// prints the token.

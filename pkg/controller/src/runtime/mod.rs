@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod driver_metrics;
+pub mod go_flags;
 pub mod http;
 pub mod leader;
 pub mod metrics;
