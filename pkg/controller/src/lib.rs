@@ -6,7 +6,8 @@
 //!   pure module and applies the decision in a thin shell.
 //! - [`machine_class`] and [`secrets`]: their finalizers; [`triggers`]: which events of one
 //!   kind concern objects of another.
-//! - [`safety`]: orphan VM collection and the API server freeze.
+//! - [`safety`]: orphan VM collection and the API server freeze; [`node_lifecycle`]: Nodes
+//!   without a live Machine.
 //! - [`error`]: the one error of every reconcile and the retry it gets; [`context`]: what
 //!   every reconcile shares.
 //! - [`runtime`]: the process around them: flags, clients, leader election, HTTP, metrics.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod machine;
 pub mod machine_class;
 pub mod names;
+pub mod node_lifecycle;
 pub mod runtime;
 pub mod safety;
 pub mod secrets;

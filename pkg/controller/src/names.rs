@@ -74,3 +74,6 @@ pub mod step {
 /// Bootstrap token placeholders MCM substitutes in userData before calling the driver.
 pub const BOOTSTRAP_TOKEN_PLACEHOLDER: &str = "<<BOOTSTRAP_TOKEN>>";
 pub const MACHINE_NAME_PLACEHOLDER: &str = "<<MACHINE_NAME>>";
+
+/// Node annotation marking a Node no Machine claims; MCM's Node handlers skip such Nodes.
+pub const NOT_MANAGED_BY_MCM_ANNOTATION: &str = "node.machine.sapcloud.io/not-managed-by-mcm";

@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::error::{Outcome, ReconcileError, Requeue};
 use crate::machine::reconcile_machine;
 use crate::machine_class::reconcile_machine_class;
+use crate::node_lifecycle::{delete_machine_of_deleted_node, release_unmanaged_nodes};
 use crate::runtime::clients::{ClientError, client, configs, ensure_reachable};
 use crate::runtime::driver_metrics::InstrumentedDriver;
 use crate::runtime::metrics::Metrics;
@@ -179,6 +180,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         tokio::time::sleep(options.controller.controller_start_interval).await;
     }
 
+    let node_deletions = node_deletions(ctx.clone(), machine_store.clone());
     let machines = machines(&ctx, machine_controller, machine_store);
     let classes = machine_classes(&ctx);
     let secrets = secrets(&ctx);
@@ -197,6 +199,7 @@ pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunErr
         _ = classes => Err(RunError::Stopped("machine class controller")),
         _ = secrets => Err(RunError::Stopped("secret controller")),
         _ = orphans => Err(RunError::Stopped("orphan collection")),
+        _ = node_deletions => Err(RunError::Stopped("node deletion watch")),
         _ = api_check => Err(RunError::Stopped("API server check")),
         _ = http => Err(RunError::Stopped("http endpoint")),
         _ = lost => Err(RunError::LeadershipLost),
@@ -293,14 +296,44 @@ fn secrets(ctx: &Arc<Context>) -> impl Future<Output = ()> + use<> {
         .for_each(|_| async {})
 }
 
-/// Orphan VM collection, every `--machine-safety-orphan-vms-period`.
+/// Orphan VM collection and the release of Nodes no Machine claims, every
+/// `--machine-safety-orphan-vms-period` (MCM's orphan VM safety reconcile does both).
 async fn orphan_collection(ctx: Arc<Context>) {
     loop {
         if let Err(error) = collect_orphans(&ctx).await {
             error!("orphan VM collection failed: {error}");
         }
+        if let Err(error) = release_unmanaged_nodes(&ctx).await {
+            error!("checking nodes without a machine failed: {error}");
+        }
         tokio::time::sleep(ctx.options.safety.machine_safety_orphan_vms_period).await;
     }
+}
+
+/// A Node deleted from the target cluster deletes its Machine (MCM's deleteNode handler).
+/// Only watch events tell a deleted Node from one that never joined, so this is a watch of
+/// its own rather than a step of the machine reconcile.
+async fn node_deletions(ctx: Arc<Context>, machines: Store<Machine>) {
+    let Some(nodes) = ctx.nodes() else {
+        return std::future::pending().await;
+    };
+    watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .for_each(|event| {
+            let ctx = ctx.clone();
+            let machines = machines.clone();
+            async move {
+                let Ok(watcher::Event::Delete(node)) = event else {
+                    return;
+                };
+                let state = machines.state();
+                let known: Vec<&Machine> = state.iter().map(AsRef::as_ref).collect();
+                if let Err(error) = delete_machine_of_deleted_node(&ctx, &known, &node).await {
+                    warn!(node = %node.name_any(), "deleting the machine of a deleted node failed: {error}");
+                }
+            }
+        })
+        .await
 }
 
 /// The API server check that freezes the controller while a server is unreachable.
