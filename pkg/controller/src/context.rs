@@ -10,6 +10,7 @@ use mcm_provider_kubevirt::Driver;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
 use crate::error::ApiError;
+use crate::machine::health::permits::ReplacementPermits;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::options::Options;
 
@@ -38,6 +39,8 @@ pub struct Context {
     pub driver: Arc<dyn Driver>,
     pub options: Options,
     pub metrics: Arc<Metrics>,
+    /// One machine replacement at a time per MachineDeployment.
+    pub replacement_permits: ReplacementPermits,
     frozen: AtomicBool,
 }
 
@@ -55,6 +58,7 @@ impl Context {
             driver,
             options,
             metrics,
+            replacement_permits: ReplacementPermits::default(),
             frozen: AtomicBool::new(false),
         }
     }

@@ -117,6 +117,18 @@ pub enum CreationError {
     Api(ApiError),
 }
 
+/// A failed health reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// MCM replaces one machine of a MachineDeployment at a time (maxReplacements).
+    #[error("machine {machine:?} couldn't be marked FAILED, other machines are getting replaced")]
+    ReplacementLimit { machine: String },
+    #[error("timed out waiting to acquire lock for machine {machine:?}")]
+    PermitTimeout { machine: String },
+}
+
 /// A failed deletion step; the status records it with the step to retry.
 #[derive(Debug, thiserror::Error)]
 pub enum DeletionError {
@@ -166,7 +178,7 @@ pub enum ReconcileError {
     #[error(transparent)]
     Creation(#[from] CreationError),
     #[error(transparent)]
-    Health(ApiError),
+    Health(#[from] HealthError),
     #[error(transparent)]
     NodeSync(ApiError),
     #[error("{source}")]
@@ -190,7 +202,11 @@ impl ReconcileError {
     pub fn retry_after(&self, options: &Options) -> Duration {
         use ReconcileError as E;
         match self {
-            E::Finalizer(api) | E::Health(api) | E::NodeSync(api) => api.retry_after(),
+            E::Finalizer(api) | E::NodeSync(api) => api.retry_after(),
+            E::Health(HealthError::Api(api)) => api.retry_after(),
+            E::Health(HealthError::ReplacementLimit { .. } | HealthError::PermitTimeout { .. }) => {
+                retry::SHORT
+            }
             E::Frozen | E::InvalidMachine(_) => retry::LONG,
             E::Class(error) => match error {
                 ClassError::NotFound { .. } | ClassError::SecretData(_) => retry::LONG,
@@ -294,11 +310,11 @@ mod tests {
     fn api_failures_retry_at_once_only_on_conflict() {
         let options = Options::default();
         assert_eq!(
-            ReconcileError::Health(api(409)).retry_after(&options),
+            ReconcileError::from(HealthError::Api(api(409))).retry_after(&options),
             retry::CONFLICT
         );
         assert_eq!(
-            ReconcileError::Health(api(500)).retry_after(&options),
+            ReconcileError::from(HealthError::Api(api(500))).retry_after(&options),
             retry::SHORT
         );
     }

@@ -14,6 +14,8 @@ pub const NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
 pub const NODE_LABEL: &str = "node";
 /// Node label naming its Machine.
 pub const MACHINE_NAME_LABEL: &str = "node.gardener.cloud/machine-name";
+/// Machine label naming its MachineDeployment (set by MCM's machine-set controller).
+pub const DEPLOYMENT_NAME_LABEL: &str = "name";
 /// Machine label forcing drain and deletion.
 pub const FORCE_DELETION_LABEL: &str = "force-deletion";
 /// Machine annotation the machine-set controller picks victims by; "3" is the default.

@@ -6,10 +6,10 @@ mod support;
 
 use serde_json::{Value, json};
 
+use mcm_machine_controller::names::{NODE_FINALIZER, NOT_MANAGED_BY_MCM_ANNOTATION};
 use mcm_machine_controller::node_lifecycle::{
     NodeUpkeepReport, delete_machine_of_deleted_node, release_unmanaged_nodes,
 };
-use mcm_machine_controller::names::{NODE_FINALIZER, NOT_MANAGED_BY_MCM_ANNOTATION};
 use support::*;
 
 fn node_json(name: &str, age_seconds: i64, finalizer: bool, unmanaged: bool) -> Value {
@@ -30,11 +30,17 @@ async fn a_deleted_node_deletes_its_machine_and_no_other() {
     for (machine, node) in [("m-1", "n-1"), ("m-2", "n-2")] {
         world.server.insert(
             MACHINES,
-            machine_json(machine, json!({"metadata": {"labels": {"node": node},
-                "finalizers": ["machine.sapcloud.io/machine-controller-manager"]}})),
+            machine_json(
+                machine,
+                json!({"metadata": {"labels": {"node": node},
+                "finalizers": ["machine.sapcloud.io/machine-controller-manager"]}}),
+            ),
         );
     }
-    let machines = [world.get_machine("m-1").await, world.get_machine("m-2").await];
+    let machines = [
+        world.get_machine("m-1").await,
+        world.get_machine("m-2").await,
+    ];
     let known: Vec<_> = machines.iter().collect();
     let node = serde_json::from_value(node_json("n-1", 3600, false, false)).unwrap();
     let deleted = delete_machine_of_deleted_node(&world.ctx, &known, &node)
@@ -60,9 +66,15 @@ async fn nodes_no_machine_claims_are_released_once_old_enough() {
         MACHINES,
         machine_json("m-1", json!({"metadata": {"labels": {"node": "claimed"}}})),
     );
-    world.server.insert(NODES, node_json("orphan", 3 * 3600, true, false));
-    world.server.insert(NODES, node_json("young", 60, true, false));
-    world.server.insert(NODES, node_json("claimed", 3 * 3600, true, true));
+    world
+        .server
+        .insert(NODES, node_json("orphan", 3 * 3600, true, false));
+    world
+        .server
+        .insert(NODES, node_json("young", 60, true, false));
+    world
+        .server
+        .insert(NODES, node_json("claimed", 3 * 3600, true, true));
 
     let report = release_unmanaged_nodes(&world.ctx).await.unwrap();
     assert_eq!(
@@ -73,7 +85,10 @@ async fn nodes_no_machine_claims_are_released_once_old_enough() {
         }
     );
     let orphan = world.server.get(NODES, "orphan").unwrap();
-    assert_eq!(orphan["metadata"]["finalizers"], json!(["example.com/keep"]));
+    assert_eq!(
+        orphan["metadata"]["finalizers"],
+        json!(["example.com/keep"])
+    );
     assert_eq!(
         orphan["metadata"]["annotations"][NOT_MANAGED_BY_MCM_ANNOTATION],
         "1"

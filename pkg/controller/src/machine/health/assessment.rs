@@ -35,6 +35,9 @@ pub enum HealthAssessment {
     NodeDeleted,
     /// Nothing to write; look again after `recheck` while a timeout is running.
     Unchanged { recheck: Option<Duration> },
+    /// The health timeout ran out: write the Failed `status` if no other machine of the
+    /// MachineDeployment is being replaced ([`MAX_REPLACEMENTS`]), else wait.
+    Replace { status: Box<MachineStatus> },
     /// Write `status`. `joined`: the node joined after this long (record it, drop the
     /// bootstrap token); `failed_join`: the creation timeout ran out.
     Changed {
@@ -42,6 +45,24 @@ pub enum HealthAssessment {
         joined: Option<Duration>,
         failed_join: bool,
     },
+}
+
+/// MCM replaces at most this many machines of one MachineDeployment at a time
+/// (`maxReplacements`): an outage of a zone does not fail a whole pool at once.
+pub const MAX_REPLACEMENTS: usize = 1;
+
+/// Machines of a MachineDeployment counted as being replaced (MCM's canMarkMachineFailed):
+/// every phase but Running and Unknown, and Terminating twice, since the replacement of a
+/// terminating machine may not exist yet.
+pub fn replacements_in_progress<'a>(machines: impl IntoIterator<Item = &'a Machine>) -> usize {
+    machines
+        .into_iter()
+        .map(|machine| match phase_of(machine) {
+            phase::RUNNING | phase::UNKNOWN => 0,
+            phase::TERMINATING => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// MCM's `reconcileMachineHealth` as a decision.
@@ -215,10 +236,8 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
         state::FAILED,
         operation::HEALTH_CHECK,
     );
-    HealthAssessment::Changed {
+    HealthAssessment::Replace {
         status: Box::new(status),
-        joined: None,
-        failed_join: false,
     }
 }
 
@@ -462,14 +481,36 @@ mod tests {
         );
         m.status.as_mut().unwrap().current_status =
             Some(current_status_at(ago(11).0, phase::UNKNOWN, false));
-        let (status, _, failed_join) = changed(assess(&inputs(&m, None, &[])));
+        let HealthAssessment::Replace { status } = assess(&inputs(&m, None, &[])) else {
+            panic!("an Unknown machine past its health timeout is to be replaced");
+        };
         assert_eq!(phase(&status), phase::FAILED);
-        assert!(!failed_join);
         let mut disabled = inputs(&m, None, &[]);
         disabled.health_timeout_disabled = true;
         assert_eq!(
             assess(&disabled),
             HealthAssessment::Unchanged { recheck: None }
+        );
+    }
+
+    #[test]
+    fn replacements_count_every_phase_but_running_and_unknown_and_terminating_twice() {
+        let with_phase = |p: &str| machine(p, operation::CREATE, state::PROCESSING, 60);
+        let pool = [
+            with_phase(phase::RUNNING),
+            with_phase(phase::UNKNOWN),
+            with_phase(phase::RUNNING),
+        ];
+        assert_eq!(replacements_in_progress(&pool), 0);
+        assert_eq!(replacements_in_progress(&[with_phase(phase::PENDING)]), 1);
+        assert_eq!(replacements_in_progress(&[with_phase(phase::FAILED)]), 1);
+        assert_eq!(
+            replacements_in_progress(&[with_phase(phase::TERMINATING)]),
+            2
+        );
+        assert_eq!(
+            replacements_in_progress(&[Machine::new("fresh", Default::default())]),
+            1
         );
     }
 

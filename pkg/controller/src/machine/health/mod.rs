@@ -4,26 +4,31 @@
 //! Node and applies the decision.
 
 pub mod assessment;
+pub mod permits;
 
 use std::ops::ControlFlow;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, ListParams};
 use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
 use tracing::{info, warn};
 
 use crate::context::{Context, get_node, is_not_found};
-use crate::error::{ApiError, ReconcileError, Requeue, retry};
+use crate::error::{ApiError, HealthError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::delete_bootstrap_token;
 use crate::machine::settings::{
     creation_timeout, health_timeout, health_timeout_disabled, node_conditions,
 };
 use crate::machine::status::{replace_machine, status_of, write_status};
-use crate::names::{JOIN_DURATION_ANNOTATION, phase};
+use crate::names::{DEPLOYMENT_NAME_LABEL, JOIN_DURATION_ANNOTATION, phase};
 use crate::runtime::metrics::MachineDuration;
-use assessment::{HealthAssessment, HealthInputs, assess, format_duration};
+use assessment::{
+    HealthAssessment, HealthInputs, MAX_REPLACEMENTS, assess, format_duration,
+    replacements_in_progress,
+};
+use permits::PERMIT_TIMEOUT;
 
 /// Breaks with the requeue after a write (or a deleted Node), or continues with an
 /// earlier recheck for a running timeout.
@@ -38,7 +43,7 @@ pub async fn reconcile_health(
     };
     let node = get_node(&nodes, node_name)
         .await
-        .map_err(ReconcileError::Health)?;
+        .map_err(HealthError::Api)?;
     let problem_conditions = node_conditions(machine, &ctx.options);
     let inputs = HealthInputs {
         machine,
@@ -54,6 +59,13 @@ pub async fn reconcile_health(
             .await
             .map(ControlFlow::Break),
         HealthAssessment::Unchanged { recheck } => Ok(ControlFlow::Continue(recheck)),
+        HealthAssessment::Replace { status } => {
+            replace(ctx, machine, *status).await?;
+            Ok(ControlFlow::Break(Requeue::after(
+                retry::SHORT,
+                "machine phase/conditions updated",
+            )))
+        }
         HealthAssessment::Changed {
             status,
             joined,
@@ -66,6 +78,49 @@ pub async fn reconcile_health(
             )))
         }
     }
+}
+
+/// Fails a machine whose health timeout ran out, unless another machine of its
+/// MachineDeployment is being replaced (MCM's tryMarkingMachineFailed). The count is read
+/// from the API server, not a cache, so it already sees a replacement just written.
+async fn replace(
+    ctx: &Context,
+    machine: &Machine,
+    status: MachineStatus,
+) -> Result<(), ReconcileError> {
+    let name = machine.name_any();
+    let deployment = machine
+        .labels()
+        .get(DEPLOYMENT_NAME_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let Some(_permit) = ctx
+        .replacement_permits
+        .acquire(&deployment, PERMIT_TIMEOUT)
+        .await
+    else {
+        return Err(HealthError::PermitTimeout { machine: name }.into());
+    };
+    // Machines outside a MachineDeployment are not limited (MCM finds no siblings for them).
+    if !deployment.is_empty() {
+        let selector = format!("{DEPLOYMENT_NAME_LABEL}={deployment}");
+        let pool = ctx
+            .machines()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|error| {
+                HealthError::Api(ApiError::new(
+                    "listing the machines of its deployment",
+                    error,
+                ))
+            })?;
+        let in_progress = replacements_in_progress(&pool.items);
+        if in_progress >= MAX_REPLACEMENTS {
+            info!(machine = %name, %deployment, in_progress, "not failing the machine yet: another one of its deployment is being replaced");
+            return Err(HealthError::ReplacementLimit { machine: name }.into());
+        }
+    }
+    apply(ctx, machine, "", status, None, false).await
 }
 
 /// Writes the assessed status, after what a join or a failed join brings with it.
@@ -96,13 +151,13 @@ async fn apply(
             .insert(JOIN_DURATION_ANNOTATION.to_owned(), format_duration(joined));
         target = replace_machine(ctx, &target)
             .await
-            .map_err(ReconcileError::Health)?;
+            .map_err(HealthError::Api)?;
     }
     if failed_join {
         ctx.metrics.failed_join(machine, zone);
     }
     write_status(ctx, &target, status).await.map_err(|error| {
-        ReconcileError::Health(ApiError::new("Update of Phase/Conditions failed", error))
+        HealthError::Api(ApiError::new("Update of Phase/Conditions failed", error))
     })?;
     Ok(())
 }
@@ -142,9 +197,10 @@ async fn delete_machine_of_deleted_node(
             format!("node {node_name:?} is being deleted; machine deletion triggered"),
         )),
         Err(error) if is_not_found(&error) => Ok(Requeue::after(retry::LONG, "machine gone")),
-        Err(error) => Err(ReconcileError::Health(ApiError::new(
+        Err(error) => Err(HealthError::Api(ApiError::new(
             "machine backing a deleted node could not be marked for deletion",
             error,
-        ))),
+        ))
+        .into()),
     }
 }
