@@ -85,6 +85,8 @@ pub enum ClassError {
     SecretData(ApiError),
     #[error("The machine class {name} has no finalizers set. So not reconciling the machine.")]
     NoFinalizer { name: String },
+    #[error("MachineClass {name:?} has an invalid nodeTemplate: {problems}")]
+    InvalidNodeTemplate { name: String, problems: String },
 }
 
 /// A failed step of the creation flow; the status already records it where MCM does.
@@ -211,7 +213,9 @@ impl ReconcileError {
             E::Class(error) => match error {
                 ClassError::NotFound { .. } | ClassError::SecretData(_) => retry::LONG,
                 ClassError::Get(api) => api.retry_after(),
-                ClassError::NoFinalizer { .. } => retry::SHORT,
+                ClassError::NoFinalizer { .. } | ClassError::InvalidNodeTemplate { .. } => {
+                    retry::SHORT
+                }
             },
             E::Creation(error) => match error {
                 CreationError::Driver(error) => match error.code {

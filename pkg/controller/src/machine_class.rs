@@ -44,7 +44,33 @@ pub async fn class_of(
     if !has_finalizer(&class, MCM_FINALIZER) {
         return Err(ClassError::NoFinalizer { name: name.clone() });
     }
+    if let Some(node_template) = &class.node_template {
+        invalid_node_template(node_template).map_or(Ok(()), |problems| {
+            Err(ClassError::InvalidNodeTemplate {
+                name: name.clone(),
+                problems,
+            })
+        })?;
+    }
     Ok((class, secret))
+}
+
+/// MCM's nodeTemplate validation (the cluster autoscaler scales from zero with it): the
+/// capacity names cpu, gpu and memory; instance type, region and zone are set.
+pub fn invalid_node_template(node_template: &serde_json::Value) -> Option<String> {
+    let mut problems = Vec::new();
+    let capacity = &node_template["capacity"];
+    for resource in ["cpu", "gpu", "memory"] {
+        if capacity.get(resource).is_none() {
+            problems.push(format!("nodeTemplate.capacity.{resource}: Required value"));
+        }
+    }
+    for field in ["instanceType", "region", "zone"] {
+        if node_template[field].as_str().unwrap_or_default().is_empty() {
+            problems.push(format!("nodeTemplate.{field}: Required value"));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join(", "))
 }
 
 /// Names of the machines referring to a class.
@@ -109,4 +135,22 @@ pub async fn reconcile_machine_class(
         }
     }
     Ok(requeue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_node_template_needs_capacity_instance_type_region_and_zone() {
+        let complete = json!({"capacity": {"cpu": "2", "gpu": "0", "memory": "4Gi"},
+                              "instanceType": "m1", "region": "r1", "zone": "z1"});
+        assert_eq!(invalid_node_template(&complete), None);
+        let partial = json!({"capacity": {"cpu": "2", "memory": "4Gi"}, "instanceType": "m1", "region": "r1"});
+        assert_eq!(
+            invalid_node_template(&partial).as_deref(),
+            Some("nodeTemplate.capacity.gpu: Required value, nodeTemplate.zone: Required value")
+        );
+    }
 }

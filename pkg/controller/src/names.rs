@@ -28,6 +28,9 @@ pub const JOIN_DURATION_ANNOTATION: &str = "node.machine.sapcloud.io/machine-joi
 /// Node annotation remembering what the machine's nodeTemplate last applied.
 pub const LAST_APPLIED_ANNOTATION: &str =
     "node.machine.sapcloud.io/last-applied-anno-labels-taints";
+/// Node annotation remembering the class's virtualCapacity last put in the Node's capacity.
+pub const LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION: &str =
+    "node.machine.sapcloud.io/last-applied-virtual-capacity";
 /// Node taint keeping a Pending machine from Running until Gardener's critical components are up.
 pub const CRITICAL_COMPONENTS_NOT_READY_TAINT: &str =
     "node.gardener.cloud/critical-components-not-ready";

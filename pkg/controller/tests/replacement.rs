@@ -27,7 +27,9 @@ fn machine(name: &str, deployment: &str, phase: &str) -> Value {
 }
 
 fn add(world: &World, name: &str, deployment: &str, phase: &str) {
-    world.server.insert(MACHINES, machine(name, deployment, phase));
+    world
+        .server
+        .insert(MACHINES, machine(name, deployment, phase));
     world
         .server
         .insert(NODES, ready_node(&format!("node-{name}"), "False"));
@@ -51,7 +53,9 @@ async fn one_machine_of_a_deployment_is_replaced_at_a_time() {
     let outcome = world.reconcile("m-1").await;
     assert!(outcome.failed);
     assert!(
-        outcome.reason.contains("other machines are getting replaced"),
+        outcome
+            .reason
+            .contains("other machines are getting replaced"),
         "{outcome:?}"
     );
     assert_eq!(outcome.after, retry::SHORT);

@@ -27,6 +27,19 @@ use crate::machine_class::class_of;
 use crate::names::{MCM_FINALIZER, phase};
 use crate::util::finalizers::set_finalizer;
 
+/// MCM's Machine validation: the class reference needs its kind and name.
+fn invalid_class_reference(machine: &Machine) -> Option<String> {
+    let class = &machine.spec.class;
+    let mut missing = Vec::new();
+    if class.kind.as_deref().unwrap_or_default().is_empty() {
+        missing.push("spec.class.kind: Required value");
+    }
+    if class.name.is_empty() {
+        missing.push("spec.class.name: Required value");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 /// One reconcile of one machine: when to look again, or the stage that failed.
 pub async fn reconcile_machine(
     ctx: &Context,
@@ -55,10 +68,8 @@ pub async fn reconcile_machine(
     if ctx.is_frozen() {
         return Err(ReconcileError::Frozen);
     }
-    if machine.spec.class.name.is_empty() {
-        return Err(ReconcileError::InvalidMachine(
-            "spec.class.name: Required value".to_owned(),
-        ));
+    if let Some(invalid) = invalid_class_reference(machine) {
+        return Err(ReconcileError::InvalidMachine(invalid));
     }
     let (class, secret) = class_of(ctx, machine).await?;
 
@@ -70,7 +81,7 @@ pub async fn reconcile_machine(
             ControlFlow::Break(requeue) => return Ok(requeue),
             ControlFlow::Continue(after) => recheck = after,
         }
-        if let ControlFlow::Break(requeue) = sync_node(ctx, machine, &node_name).await? {
+        if let ControlFlow::Break(requeue) = sync_node(ctx, machine, &class, &node_name).await? {
             return Ok(requeue);
         }
     }
@@ -80,4 +91,21 @@ pub async fn reconcile_machine(
     }
     let after = recheck.map_or(retry::LONG, |r: std::time::Duration| r.min(retry::LONG));
     Ok(Requeue::after(after, "periodic reconcile"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_reference_needs_kind_and_name() {
+        let mut machine = Machine::new("m1", Default::default());
+        assert_eq!(
+            invalid_class_reference(&machine).as_deref(),
+            Some("spec.class.kind: Required value, spec.class.name: Required value")
+        );
+        machine.spec.class.kind = Some("MachineClass".into());
+        machine.spec.class.name = "class-a".into();
+        assert_eq!(invalid_class_reference(&machine), None);
+    }
 }

@@ -11,17 +11,20 @@ use std::ops::ControlFlow;
 use kube::api::PostParams;
 use tracing::info;
 
-use mcm_provider_kubevirt::mcm::Machine;
+use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
 use crate::context::{Context, get_node};
 use crate::error::{ApiError, ReconcileError, Requeue, retry};
-use template::apply_to_node;
+use template::{
+    apply_to_node, apply_virtual_capacity, record_virtual_capacity, virtual_capacity_of,
+};
 
 /// Syncs the machine's Node; a missing Node is not an error (it may not have joined yet).
 /// Breaks with the requeue after a write, so the next reconcile sees the written Node.
 pub async fn sync_node(
     ctx: &Context,
     machine: &Machine,
+    class: &MachineClass,
     node_name: &str,
 ) -> Result<ControlFlow<Requeue>, ReconcileError> {
     let Some(nodes) = ctx.nodes() else {
@@ -33,16 +36,33 @@ pub async fn sync_node(
     let Some(mut node) = node else {
         return Ok(ControlFlow::Continue(()));
     };
-    if node.metadata.deletion_timestamp.is_some() || !apply_to_node(machine, &mut node) {
+    if node.metadata.deletion_timestamp.is_some() {
         return Ok(ControlFlow::Continue(()));
     }
-    nodes
-        .replace(node_name, &PostParams::default(), &node)
-        .await
-        .map_err(|error| ReconcileError::NodeSync(ApiError::new("node update failed", error)))?;
+    let failed = |what, error| ReconcileError::NodeSync(ApiError::new(what, error));
+    let capacity = virtual_capacity_of(class.node_template.as_ref());
+    let capacity_written = apply_virtual_capacity(&capacity, &mut node);
+    if capacity_written {
+        // Capacity is status: written through /status, which leaves metadata alone.
+        node = nodes
+            .replace_status(node_name, &PostParams::default(), &node)
+            .await
+            .map_err(|error| failed("node capacity update failed", error))?;
+    }
+    let template_changed = apply_to_node(machine, &mut node);
+    let recorded = record_virtual_capacity(&capacity, &mut node);
+    if template_changed || recorded {
+        nodes
+            .replace(node_name, &PostParams::default(), &node)
+            .await
+            .map_err(|error| failed("node update failed", error))?;
+    }
+    if !(capacity_written || template_changed || recorded) {
+        return Ok(ControlFlow::Continue(()));
+    }
     info!(
         node = node_name,
-        "node labels, annotations, taints and finalizer synced"
+        "node labels, annotations, taints, finalizer and virtual capacity synced"
     );
     Ok(ControlFlow::Break(Requeue::after(
         retry::SHORT,

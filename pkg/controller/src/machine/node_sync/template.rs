@@ -8,7 +8,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use mcm_provider_kubevirt::mcm::{Machine, NodeTemplateSpec};
 
-use crate::names::{LAST_APPLIED_ANNOTATION, MACHINE_NAME_LABEL, NODE_FINALIZER};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::names::{
+    LAST_APPLIED_ANNOTATION, LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION, MACHINE_NAME_LABEL,
+    NODE_FINALIZER,
+};
 
 fn sync_map(
     node_map: &mut BTreeMap<String, String>,
@@ -114,6 +119,71 @@ pub fn apply_to_node(machine: &Machine, node: &mut Node) -> bool {
     changed || template_changed || taints_changed || recorded_changed || finalizer_missing
 }
 
+/// The class's `nodeTemplate.virtualCapacity`: extended resources the Node is to report
+/// in its capacity (e.g. for the cluster autoscaler and the scheduler); non-string values
+/// are skipped.
+pub fn virtual_capacity_of(
+    node_template: Option<&serde_json::Value>,
+) -> BTreeMap<String, Quantity> {
+    node_template
+        .and_then(|t| t["virtualCapacity"].as_object())
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| Some((name.clone(), Quantity(value.as_str()?.to_owned()))))
+        .collect()
+}
+
+fn last_applied_virtual_capacity(node: &Node) -> BTreeMap<String, Quantity> {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION))
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// Puts `wanted` into the Node's status.capacity, removing what was applied before and is
+/// no longer wanted (MCM's SyncVirtualCapacity); true when the status changed.
+pub fn apply_virtual_capacity(wanted: &BTreeMap<String, Quantity>, node: &mut Node) -> bool {
+    let last_applied = last_applied_virtual_capacity(node);
+    let capacity = node
+        .status
+        .get_or_insert_with(Default::default)
+        .capacity
+        .get_or_insert_with(Default::default);
+    let mut changed = false;
+    for name in last_applied.keys() {
+        if !wanted.contains_key(name) && capacity.remove(name).is_some() {
+            changed = true;
+        }
+    }
+    for (name, quantity) in wanted {
+        if capacity.get(name) != Some(quantity) {
+            capacity.insert(name.clone(), quantity.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Remembers what [`apply_virtual_capacity`] applied, in MCM's annotation, so a resource
+/// removed from the class is removed from the Node; true when the annotation changed.
+pub fn record_virtual_capacity(applied: &BTreeMap<String, Quantity>, node: &mut Node) -> bool {
+    let annotations = node
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    let before = annotations
+        .get(LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION)
+        .cloned();
+    if applied.is_empty() {
+        annotations.remove(LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION);
+    } else if let Ok(text) = serde_json::to_string(applied) {
+        annotations.insert(LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION.to_owned(), text);
+    }
+    annotations.get(LAST_APPLIED_VIRTUAL_CAPACITY_ANNOTATION) != before.as_ref()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +237,33 @@ mod tests {
         let taints = node.spec.as_ref().unwrap().taints.clone().unwrap();
         assert_eq!(taints.len(), 1);
         assert_eq!(taints[0].key, "other");
+    }
+
+    #[test]
+    fn virtual_capacity_is_applied_and_withdrawn_through_the_annotation() {
+        let template = serde_json::json!({"virtualCapacity": {"hc.hana.com/memory": "1234567"}});
+        let wanted = virtual_capacity_of(Some(&template));
+        let mut node = Node {
+            status: Some(k8s_openapi::api::core::v1::NodeStatus {
+                capacity: Some([("cpu".to_owned(), Quantity("4".into()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(apply_virtual_capacity(&wanted, &mut node));
+        assert!(record_virtual_capacity(&wanted, &mut node));
+        let capacity = node.status.as_ref().unwrap().capacity.clone().unwrap();
+        assert_eq!(capacity["hc.hana.com/memory"], Quantity("1234567".into()));
+        assert_eq!(capacity["cpu"], Quantity("4".into()));
+        // In line: nothing to write.
+        assert!(!apply_virtual_capacity(&wanted, &mut node));
+        assert!(!record_virtual_capacity(&wanted, &mut node));
+        // Removed from the class: removed from the Node, the kubelet's cpu kept.
+        let none = BTreeMap::new();
+        assert!(apply_virtual_capacity(&none, &mut node));
+        assert!(record_virtual_capacity(&none, &mut node));
+        let capacity = node.status.as_ref().unwrap().capacity.clone().unwrap();
+        assert!(!capacity.contains_key("hc.hana.com/memory"));
+        assert!(capacity.contains_key("cpu"));
     }
 }
