@@ -38,6 +38,9 @@ pub const CRITICAL_COMPONENTS_NOT_READY_TAINT: &str =
 pub const TERMINATING_CONDITION: &str = "Terminating";
 /// Pod annotation of static (mirror) pods, which drain skips.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The sidecar's own, not MCM's: Machine annotation handing a drain's state (refused
+/// evictions, volumes awaited) from one pass to the next.
+pub const DRAIN_STATE_ANNOTATION: &str = "kubevirt.provider.machine.sapcloud.io/drain-state";
 
 /// `status.currentStatus.phase` values.
 pub mod phase {

@@ -1,17 +1,24 @@
-//! Draining a Node before its VM goes: Terminating condition, cordon, then evictions
-//! (which honour PodDisruptionBudgets) of every pod but mirror and DaemonSet pods, and a
-//! wait until the pods' KubeVirt volumes are detached (volume IDs from GetVolumeIDs).
-//! Force mode (drain timeout passed since deletion, `force-deletion=true`, or a node not
-//! Ready for 5 minutes) deletes pods without eviction and does not wait.
+//! Draining a Node before its VM goes, as MCM's drain: Terminating condition, cordon,
+//! then evictions (which honour PodDisruptionBudgets) of every pod but mirror and
+//! DaemonSet pods. Pods without volumes are evicted at once; pods with PersistentVolume
+//! claims one at a time, highest priority first, each followed by a wait (bounded by
+//! `--machine-pv-detach-timeout`) until the node no longer lists its volumes as attached.
+//! A pod whose eviction is refused `--machine-max-evict-retries` times is deleted; a
+//! budget that can never allow the eviction fails the drain at once. Force mode (drain
+//! timeout passed since deletion, `force-deletion=true`, or a node not Ready for 5
+//! minutes) deletes pods without eviction and does not wait.
 //!
-//! Unlike MCM, one reconcile never blocks for the drain: each pass evicts what it can
-//! and the flow stays in the drain step (requeued) until the node is empty. The drain
-//! timeout bounds the whole drain, which is what MCM's eviction retries amount to.
+//! Unlike MCM, one reconcile never blocks for the drain: each pass does what is due and
+//! the flow stays in the drain step (requeued) until the node is empty. What a pass must
+//! hand on (refusals per pod, the volumes awaited) is a [`DrainState`] on the Machine;
+//! [`drain_plan`](super::drain_plan) decides, this module calls.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -21,13 +28,20 @@ use tracing::{info, warn};
 use mcm_provider_kubevirt::driver::GetVolumeIdsRequest;
 use mcm_provider_kubevirt::mcm::Machine;
 
+use super::drain_plan::{
+    Attempt, DETACH_TIMEOUT_ERROR, DetachWait, Detaching, DrainState, aggregate, budget_of,
+    detach_deadline, detach_wait, evict_retries, is_misconfigured, misconfigured_error,
+    next_attempt, own_claims, pod_key, split_by_claims, terminating_condition,
+};
 use crate::context::{Context, is_not_found};
-use crate::machine::settings::{drain_timeout, elapsed_since};
+use crate::error::ApiError;
+use crate::machine::settings::{drain_timeout, elapsed_since, max_evict_retries};
 use crate::machine::status::phase_of;
-use crate::names::{FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION, phase};
+use crate::names::{
+    DRAIN_STATE_ANNOTATION, FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION,
+};
 
-/// MCM's pause between evictions refused by a PodDisruptionBudget.
-pub const PDB_RETRY: Duration = Duration::from_secs(20);
+pub use super::drain_plan::PDB_RETRY;
 /// A node NotReady (or read-only) this long is drained by force.
 const NOT_READY_FORCE_AFTER: Duration = Duration::from_secs(5 * 60);
 
@@ -87,7 +101,7 @@ pub struct DrainProgress {
     pub remaining: usize,
     /// Of those, evictions refused by a PodDisruptionBudget.
     pub blocked_by_pdb: usize,
-    /// Volume IDs of drained pods still attached to the node.
+    /// Volumes of the pod with volumes evicted last still attached to the node.
     pub attached_volumes: usize,
 }
 
@@ -97,27 +111,36 @@ impl DrainProgress {
     }
 }
 
+/// One pass's result, and the state it hands on to the next (saved whatever the result).
+#[derive(Debug)]
+pub struct DrainPass {
+    /// `Err` fails an unforced drain: an API failure, or a pod the drain cannot move.
+    pub result: Result<DrainProgress, String>,
+    pub state: DrainState,
+}
+
 /// Sets the node's Terminating condition (strategic merge keeps the kubelet's conditions).
 async fn mark_terminating(
     nodes: &Api<Node>,
-    node_name: &str,
+    node: &Node,
     machine: &Machine,
 ) -> Result<(), kube::Error> {
-    if phase_of(machine).is_empty() || phase_of(machine) == phase::CRASH_LOOP_BACK_OFF {
-        return Ok(());
-    }
+    let existing = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == TERMINATING_CONDITION));
     let now = crate::machine::status::now();
-    let reason = if phase_of(machine) == phase::FAILED {
-        "Unhealthy"
-    } else {
-        "ScaleDown"
+    let Some(condition) = terminating_condition(phase_of(machine), existing, now) else {
+        return Ok(());
     };
-    let patch = json!({"status": {"conditions": [{
-        "type": TERMINATING_CONDITION, "status": "True", "reason": reason,
-        "lastHeartbeatTime": now, "lastTransitionTime": now,
-    }]}});
+    let patch = json!({"status": {"conditions": [condition]}});
     nodes
-        .patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch_status(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
         .await
         .map(|_| ())
 }
@@ -130,157 +153,398 @@ async fn cordon(nodes: &Api<Node>, node_name: &str) -> Result<(), kube::Error> {
         .map(|_| ())
 }
 
-/// The KubeVirt volume IDs of the pods' persistent volumes.
-async fn volume_ids_of(ctx: &Context, client: &kube::Client, pods: &[Pod]) -> BTreeSet<String> {
+/// The KubeVirt volume IDs of the claims' persistent volumes (GetVolumeIDs leaves out
+/// volumes that are not the provider's).
+async fn volume_ids(
+    ctx: &Context,
+    client: &Client,
+    namespace: &str,
+    claims: &[String],
+) -> Vec<String> {
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let volumes_api: Api<PersistentVolume> = Api::all(client.clone());
     let mut specs = Vec::new();
-    for pod in pods {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-        let volumes = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.volumes.clone())
-            .unwrap_or_default();
-        for claim_name in volumes
-            .iter()
-            .filter_map(|v| v.persistent_volume_claim.as_ref())
-            .map(|c| c.claim_name.clone())
+    for claim_name in claims {
+        let Ok(Some(claim)) = claims_api.get_opt(claim_name).await else {
+            continue;
+        };
+        let Some(volume_name) = claim.spec.and_then(|s| s.volume_name) else {
+            continue;
+        };
+        if let Ok(Some(pv)) = volumes_api.get_opt(&volume_name).await
+            && let Some(spec) = pv.spec
         {
-            let Ok(Some(claim)) = claims.get_opt(&claim_name).await else {
-                continue;
-            };
-            let Some(volume_name) = claim.spec.and_then(|s| s.volume_name) else {
-                continue;
-            };
-            let pvs: Api<PersistentVolume> = Api::all(client.clone());
-            if let Ok(Some(pv)) = pvs.get_opt(&volume_name).await
-                && let Some(spec) = pv.spec
-            {
-                specs.push(spec);
-            }
+            specs.push(spec);
         }
     }
     if specs.is_empty() {
-        return BTreeSet::new();
+        return Vec::new();
     }
     match ctx
         .driver
         .get_volume_ids(&GetVolumeIdsRequest { pv_specs: specs })
         .await
     {
-        Ok(response) => response.volume_ids.into_iter().collect(),
+        Ok(response) => response.volume_ids,
         Err(error) => {
             warn!("GetVolumeIDs failed; not waiting for detachment: {error}");
-            BTreeSet::new()
+            Vec::new()
         }
     }
 }
 
-/// Evicts (or, forced, deletes) the pods; those still there are counted.
-async fn evict_all(client: &Client, pods: &[Pod], force: bool) -> Result<DrainProgress, String> {
-    let mut progress = DrainProgress::default();
-    for pod in pods {
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// What became of a pod in this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PodOutcome {
+    /// Evicted or deleted now (a finished pod is gone at once).
+    Removed,
+    /// Not there any more.
+    Gone,
+    /// Already terminating, or waiting for its turn.
+    Waiting,
+    /// Its eviction was refused (now or recently).
+    Blocked,
+    /// A failure, recorded in the pass's errors.
+    Failed,
+}
+
+/// One pass over a node's pods: what it saw and what it hands on.
+struct Pass<'a> {
+    ctx: &'a Context,
+    client: Client,
+    node: Node,
+    state: DrainState,
+    retries: u32,
+    now: Timestamp,
+    progress: DrainProgress,
+    errors: Vec<String>,
+    /// PodDisruptionBudgets by namespace, listed once a pass when an eviction is refused.
+    budgets: BTreeMap<String, Vec<PodDisruptionBudget>>,
+}
+
+impl Pass<'_> {
+    fn count(&mut self, pod: &Pod, outcome: PodOutcome) {
+        match outcome {
+            PodOutcome::Gone => {}
+            PodOutcome::Removed if is_finished(pod) => {}
+            PodOutcome::Blocked => {
+                self.progress.remaining += 1;
+                self.progress.blocked_by_pdb += 1;
+            }
+            _ => self.progress.remaining += 1,
+        }
+    }
+
+    /// Evicts the pod, or deletes it once its evictions are used up (finished pods are
+    /// deleted: no budget counts them).
+    async fn try_pod(&mut self, pod: &Pod) -> PodOutcome {
         let name = pod.name_any();
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let finished = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        );
-        let result = if force || finished {
-            let params = if force {
-                DeleteParams::default().grace_period(0)
-            } else {
-                DeleteParams::default()
-            };
-            api.delete(&name, &params).await.map(|_| ())
+        let namespace = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let attempt = if is_finished(pod) {
+            None
         } else if pod.metadata.deletion_timestamp.is_some() {
-            // Already going; wait for it.
-            progress.remaining += 1;
-            continue;
+            return PodOutcome::Waiting;
         } else {
-            api.evict(&name, &EvictParams::default()).await.map(|_| ())
+            Some(next_attempt(&self.state, pod, self.retries, self.now))
+        };
+        let result = match attempt {
+            Some(Attempt::NotDue) => return PodOutcome::Blocked,
+            Some(Attempt::Evict) => api.evict(&name, &EvictParams::default()).await.map(|_| ()),
+            Some(Attempt::Delete) => {
+                info!(pod = %pod_key(pod), "evictions used up; deleting the pod");
+                let params = DeleteParams::default().grace_period(0);
+                api.delete(&name, &params).await.map(|_| ())
+            }
+            None => api
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
         };
         match result {
-            Ok(()) if force || finished => {}
-            Ok(()) => progress.remaining += 1,
-            Err(error) if is_not_found(&error) => {}
-            Err(kube::Error::Api(status)) if status.code == 429 => {
-                progress.remaining += 1;
-                progress.blocked_by_pdb += 1;
+            Ok(()) => PodOutcome::Removed,
+            Err(error) if is_not_found(&error) => PodOutcome::Gone,
+            Err(kube::Error::Api(status))
+                if status.code == 429 && attempt == Some(Attempt::Evict) =>
+            {
+                self.refused(pod).await
             }
-            Err(error) => return Err(format!("evicting pod {namespace}/{name}: {error}")),
+            Err(error) => {
+                self.errors
+                    .push(format!("evicting pod {namespace}/{name}: {error}"));
+                PodOutcome::Failed
+            }
         }
     }
-    Ok(progress)
+
+    /// A refused eviction: counted, unless the pod's budget can never allow it (MCM
+    /// fails the drain then instead of retrying until the drain timeout).
+    async fn refused(&mut self, pod: &Pod) -> PodOutcome {
+        let namespace = pod.namespace().unwrap_or_default();
+        if !self.budgets.contains_key(&namespace) {
+            let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), &namespace);
+            let listed = match api.list(&ListParams::default()).await {
+                Ok(list) => list.items,
+                Err(error) => {
+                    warn!(namespace = %namespace, "listing PodDisruptionBudgets failed: {error}");
+                    Vec::new()
+                }
+            };
+            self.budgets.insert(namespace.clone(), listed);
+        }
+        let budgets = self
+            .budgets
+            .get(&namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if let Some(budget) = budget_of(pod, budgets).filter(|b| is_misconfigured(b)) {
+            self.errors.push(misconfigured_error(pod, budget));
+            return PodOutcome::Failed;
+        }
+        self.state.refused_now(pod, self.now);
+        PodOutcome::Blocked
+    }
+
+    /// Whether the volumes of the pod evicted before are still awaited.
+    fn awaiting_volumes(&mut self) -> bool {
+        let Some(detaching) = self.state.detaching.as_ref() else {
+            return false;
+        };
+        match detach_wait(detaching, Some(&self.node), self.now) {
+            DetachWait::Waiting(attached) => {
+                self.progress.attached_volumes = attached;
+                return true;
+            }
+            DetachWait::TimedOut => {
+                warn!(pod = %detaching.pod, volumes = ?detaching.volumes, "{DETACH_TIMEOUT_ERROR}");
+                self.errors.push(DETACH_TIMEOUT_ERROR.to_owned());
+            }
+            DetachWait::Done => {}
+        }
+        self.state.detaching = None;
+        false
+    }
+
+    /// Pods with volumes, in priority order: the next is evicted once the volumes of the
+    /// one before are detached (MCM's `evictPodsWithPv`); refused ones do not hold the
+    /// others up.
+    async fn one_at_a_time(&mut self, pods: &[Pod]) {
+        let mut busy = self.awaiting_volumes();
+        for pod in pods {
+            if busy && pod.metadata.deletion_timestamp.is_none() {
+                self.count(pod, PodOutcome::Waiting);
+                continue;
+            }
+            let outcome = self.try_pod(pod).await;
+            if outcome == PodOutcome::Removed {
+                self.state.detaching = self.detaching(pod, pods).await;
+                busy = self.state.detaching.is_some();
+            }
+            self.count(pod, outcome);
+        }
+    }
+
+    /// The volumes to wait for after evicting `pod`; none when the driver knows none
+    /// (MCM waits for nothing then either).
+    async fn detaching(&self, pod: &Pod, pods: &[Pod]) -> Option<Detaching> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let claims = own_claims(pod, pods);
+        let volumes = volume_ids(self.ctx, &self.client, &namespace, &claims).await;
+        let timeout = self.ctx.options.machines.machine_pv_detach_timeout;
+        (!volumes.is_empty()).then(|| Detaching {
+            pod: pod_key(pod),
+            volumes,
+            until: detach_deadline(pod, timeout, self.now),
+        })
+    }
+
+    fn finish(mut self, node_name: &str, pods: &[Pod]) -> DrainPass {
+        self.state.keep_refusals_of(pods);
+        info!(
+            node = node_name,
+            remaining = self.progress.remaining,
+            pdb = self.progress.blocked_by_pdb,
+            attached = self.progress.attached_volumes,
+            errors = self.errors.len(),
+            "drain pass"
+        );
+        let result = match aggregate(&self.errors) {
+            Some(error) => Err(error),
+            None => Ok(self.progress),
+        };
+        DrainPass {
+            result,
+            state: self.state,
+        }
+    }
 }
 
-/// How many of the drained pods' volume IDs the node still reports attached.
-fn attached_count(node: &Node, volume_ids: &BTreeSet<String>) -> usize {
-    let attached: Vec<String> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.volumes_attached.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    volume_ids
-        .iter()
-        .filter(|id| attached.iter().any(|name| name.ends_with(id.as_str())))
-        .count()
+/// Force mode: every pod deleted without grace, nothing awaited.
+async fn force_pass(client: &Client, pods: &[Pod]) -> Result<DrainProgress, String> {
+    let mut errors = Vec::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let namespace = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        match api
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Err(error) if !is_not_found(&error) => {
+                errors.push(format!("evicting pod {namespace}/{name}: {error}"));
+            }
+            _ => {}
+        }
+    }
+    info!(
+        pods = pods.len(),
+        errors = errors.len(),
+        "forced drain pass"
+    );
+    aggregate(&errors).map_or(Ok(DrainProgress::default()), Err)
 }
 
-/// One drain pass over the node. `Err` is an API failure the flow reports.
-pub async fn drain_pass(
-    ctx: &Context,
+/// Terminating condition and cordon; their failures only matter to an unforced drain.
+async fn prepare(
+    nodes: &Api<Node>,
+    node: &Node,
     machine: &Machine,
-    node_name: &str,
     force: bool,
-) -> Result<DrainProgress, String> {
-    let Some(client) = ctx.target.clone() else {
-        return Ok(DrainProgress::default());
-    };
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node = match nodes.get_opt(node_name).await {
-        Ok(Some(node)) => node,
-        Ok(None) => return Ok(DrainProgress::default()),
-        Err(error) => return Err(format!("getting node {node_name:?}: {error}")),
-    };
-    if let Err(error) = mark_terminating(&nodes, node_name, machine).await
+) -> Result<(), String> {
+    let node_name = node.name_any();
+    if let Err(error) = mark_terminating(nodes, node, machine).await
         && !force
     {
         return Err(format!("update of node conditions failed: {error}"));
     }
-    if let Err(error) = cordon(&nodes, node_name).await
+    if let Err(error) = cordon(nodes, &node_name).await
         && !force
     {
         return Err(format!("cordoning node {node_name:?} failed: {error}"));
     }
+    Ok(())
+}
+
+/// The node's pods the drain moves.
+async fn drained_pods(client: &Client, node_name: &str) -> Result<Vec<Pod>, String> {
     let pods: Api<Pod> = Api::all(client.clone());
     let listed = pods
         .list(&ListParams::default().fields(&format!("spec.nodeName={node_name}")))
         .await
         .map_err(|error| format!("listing pods of node {node_name:?}: {error}"))?;
-    let drained: Vec<Pod> = listed
+    Ok(listed
         .items
         .into_iter()
         .filter(|p| !is_skipped(p))
-        .collect();
-    let mut progress = evict_all(&client, &drained, force).await?;
-    if !force && progress.remaining == 0 {
-        let ids = volume_ids_of(ctx, &client, &drained).await;
-        progress.attached_volumes = attached_count(&node, &ids);
+        .collect())
+}
+
+/// The state the last pass left on the machine; an unreadable one is dropped.
+pub fn drain_state_of(machine: &Machine) -> DrainState {
+    let text = machine.annotations().get(DRAIN_STATE_ANNOTATION);
+    DrainState::parse(text.map(String::as_str)).unwrap_or_else(|error| {
+        warn!(machine = %machine.name_any(), "ignoring unreadable drain state: {error}");
+        DrainState::default()
+    })
+}
+
+/// Saves the state for the next pass as an annotation on the Machine (removed when there
+/// is nothing to hand on) and returns the Machine as stored. The Machine, because a
+/// restarted controller reads it first and it goes with the deletion; the pods are the
+/// workload's (and may not be writable). Counting from the deletion time instead would
+/// lose MCM's per-pod meaning: a pod with volumes waits its turn before its first eviction.
+pub async fn save_drain_state(
+    ctx: &Context,
+    machine: &Machine,
+    state: &DrainState,
+) -> Result<Machine, ApiError> {
+    let wanted = state.to_annotation();
+    if machine.annotations().get(DRAIN_STATE_ANNOTATION) == wanted.as_ref() {
+        return Ok(machine.clone());
     }
-    info!(
-        node = node_name,
-        force,
-        remaining = progress.remaining,
-        pdb = progress.blocked_by_pdb,
-        attached = progress.attached_volumes,
-        "drain pass"
+    let patch = json!({"metadata": {"annotations": {DRAIN_STATE_ANNOTATION: wanted}}});
+    ctx.machines()
+        .patch(
+            &machine.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(|error| ApiError::new("Machine drain state UPDATE failed", error))
+}
+
+/// One drain pass over the node.
+pub async fn drain_pass(
+    ctx: &Context,
+    machine: &Machine,
+    node_name: &str,
+    force: bool,
+) -> DrainPass {
+    let state = drain_state_of(machine);
+    let failed = |error: String, state: DrainState| DrainPass {
+        result: Err(error),
+        state,
+    };
+    let Some(client) = ctx.target.clone() else {
+        return DrainPass {
+            result: Ok(DrainProgress::default()),
+            state,
+        };
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = match nodes.get_opt(node_name).await {
+        Ok(Some(node)) => node,
+        Ok(None) => {
+            return DrainPass {
+                result: Ok(DrainProgress::default()),
+                state: DrainState::default(),
+            };
+        }
+        Err(error) => return failed(format!("getting node {node_name:?}: {error}"), state),
+    };
+    if let Err(error) = prepare(&nodes, &node, machine, force).await {
+        return failed(error, state);
+    }
+    let drained = match drained_pods(&client, node_name).await {
+        Ok(pods) => pods,
+        Err(error) => return failed(error, state),
+    };
+    if force {
+        let result = force_pass(&client, &drained).await;
+        return DrainPass {
+            result,
+            state: DrainState::default(),
+        };
+    }
+    let retries = evict_retries(
+        max_evict_retries(machine, &ctx.options),
+        drain_timeout(machine, &ctx.options),
     );
-    Ok(progress)
+    let mut pass = Pass {
+        ctx,
+        client,
+        node,
+        state,
+        retries,
+        now: Timestamp::now(),
+        progress: DrainProgress::default(),
+        errors: Vec::new(),
+        budgets: BTreeMap::new(),
+    };
+    let (at_once, one_at_a_time) = split_by_claims(drained.clone());
+    for pod in &at_once {
+        let outcome = pass.try_pod(pod).await;
+        pass.count(pod, outcome);
+    }
+    pass.one_at_a_time(&one_at_a_time).await;
+    pass.finish(node_name, &drained)
 }
 
 /// Why this machine's drain is forced, if it is (its drain timeout from spec or flag).

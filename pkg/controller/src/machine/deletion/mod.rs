@@ -4,6 +4,7 @@
 //! this module and [`node`] do the calls and persist each [`Transition`].
 
 pub mod drain;
+pub mod drain_plan;
 pub mod node;
 pub mod steps;
 
@@ -23,7 +24,7 @@ use crate::machine::status::{
 use crate::names::{MCM_FINALIZER, operation, phase, state};
 use crate::runtime::metrics::MachineDuration;
 use crate::util::finalizers::{has_finalizer, set_finalizer};
-use drain::{drain_pass, forced_drain};
+use drain::{drain_pass, forced_drain, save_drain_state};
 pub use steps::{DeletionStep, KnownState, Transition};
 
 /// One deletion step for a machine with a deletionTimestamp.
@@ -124,7 +125,11 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Delet
     }
     let force = forced_drain(ctx, machine);
     let pass = drain_pass(ctx, machine, &node_name, force.is_some()).await;
-    let decision = steps::after_drain(pass, force.is_some());
+    // The state first: the status write below needs the Machine as stored.
+    let machine = &save_drain_state(ctx, machine, &pass.state)
+        .await
+        .map_err(DeletionError::Api)?;
+    let decision = steps::after_drain(pass.result, force.is_some());
     if let Some(reason) = &force {
         info!(node = %node_name, reason = %reason, "forced drain");
     }

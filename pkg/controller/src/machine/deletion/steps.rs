@@ -11,7 +11,8 @@ use mcm_provider_kubevirt::driver::{DeleteMachineResponse, GetMachineStatusRespo
 use mcm_provider_kubevirt::{MachineCode, MachineError};
 
 use crate::error::retry;
-use crate::machine::deletion::drain::{DrainProgress, PDB_RETRY};
+use crate::machine::deletion::drain::DrainProgress;
+use crate::machine::deletion::drain_plan::PDB_RETRY;
 use crate::names::{operation, state, step};
 
 /// Where a deleting machine stands.
