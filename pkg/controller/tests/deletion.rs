@@ -6,11 +6,15 @@ mod support;
 use serde_json::{Value, json};
 
 use mcm_machine_controller::machine::deletion::drain::PDB_RETRY;
+use mcm_machine_controller::names::DRAIN_STATE_ANNOTATION;
 use mcm_machine_controller::safety::{ApiServerWatch, collect_orphans};
 use support::*;
 
 const PODS_A: &str = "/api/v1/namespaces/app/pods";
 const PODS_SYSTEM: &str = "/api/v1/namespaces/kube-system/pods";
+const CLAIMS_A: &str = "/api/v1/namespaces/app/persistentvolumeclaims";
+const VOLUMES: &str = "/api/v1/persistentvolumes";
+const BUDGETS_A: &str = "/apis/policy/v1/namespaces/app/poddisruptionbudgets";
 
 fn running_machine(name: &str, extra: Value) -> Value {
     let mut machine = machine_json(
@@ -355,5 +359,306 @@ async fn class_and_secret_finalizers_follow_references() {
     assert_eq!(
         world.server.get(SECRETS, "cloud").unwrap()["metadata"]["finalizers"],
         json!([])
+    );
+}
+
+// --- Drain as MCM's: evict retries, volumes one at a time, budgets, Terminating ---------
+
+/// A deleted machine "m-1" in the drain step, its node and VM.
+async fn draining(world: &World, machine_extra: Value, node: Value) {
+    world.driver.add_vm("m-1");
+    world
+        .server
+        .insert(MACHINES, running_machine("m-1", machine_extra));
+    world.server.insert(NODES, node);
+    mark_deleted(world, "m-1", 5);
+    world
+        .reconcile_until("m-1", 4, |w| description(w, "m-1") == "Initiate node drain")
+        .await;
+}
+
+/// Every eviction is refused, as a PodDisruptionBudget refuses it.
+fn refuse_evictions(world: &World) {
+    world.server.set_fault(|request, _| {
+        request.path.ends_with("/eviction").then(|| {
+            kube_fake::Fault::Status(
+                429,
+                "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            )
+        })
+    });
+}
+
+/// The pods evictions were asked for, in order.
+fn evictions(world: &World) -> Vec<String> {
+    world
+        .server
+        .request_lines()
+        .iter()
+        .filter_map(|line| line.strip_prefix(&format!("POST {PODS_A}/")))
+        .filter_map(|rest| rest.strip_suffix("/eviction"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn drain_state(world: &World) -> Option<Value> {
+    let machine = world.machine("m-1")?;
+    let text = machine["metadata"]["annotations"][DRAIN_STATE_ANNOTATION].as_str()?;
+    serde_json::from_str(text).ok()
+}
+
+/// Lets MCM's 20s between evictions pass for the refusals recorded so far.
+fn age_refusals(world: &World) {
+    let mut machine = world.machine("m-1").unwrap();
+    let mut state = drain_state(world).expect("refusals recorded");
+    for refusals in state["refused"].as_object_mut().unwrap().values_mut() {
+        refusals["last"] = json!(ago(21));
+    }
+    machine["metadata"]["annotations"][DRAIN_STATE_ANNOTATION] = json!(state.to_string());
+    world.server.insert(MACHINES, machine);
+}
+
+/// A pod on m-1 with a claim bound to KubeVirt volume `volume` (its claim and volume too).
+fn pod_with_volume(world: &World, name: &str, priority: i32, volume: &str) {
+    let claim = format!("data-{name}");
+    world.server.insert(
+        CLAIMS_A,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": claim, "namespace": "app"}, "spec": {"volumeName": volume}}),
+    );
+    world.server.insert(
+        VOLUMES,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+               "spec": {"csi": {"driver": "csi.kubevirt.io", "volumeHandle": volume}}}),
+    );
+    world.server.insert(
+        PODS_A,
+        pod(
+            name,
+            "m-1",
+            json!({"spec": {"priority": priority, "terminationGracePeriodSeconds": 0,
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}),
+        ),
+    );
+}
+
+/// The node lists these volumes as attached (the attach/detach controller's view).
+fn attached(world: &World, volumes: &[&str]) {
+    let mut node = world.server.get(NODES, "m-1").unwrap();
+    node["status"]["volumesAttached"] = volumes
+        .iter()
+        .map(
+            |v| json!({"name": format!("kubernetes.io/csi/csi.kubevirt.io^{v}"), "devicePath": ""}),
+        )
+        .collect();
+    world.server.insert(NODES, node);
+}
+
+#[tokio::test]
+async fn a_pod_refused_max_evict_retries_times_is_deleted() {
+    let world = world();
+    world
+        .server
+        .insert(PODS_A, pod("guarded", "m-1", json!({})));
+    refuse_evictions(&world);
+    // The machine's maxEvictRetries wins over the flag (360).
+    draining(
+        &world,
+        json!({"spec": {"maxEvictRetries": 2}}),
+        ready_node("m-1", "True"),
+    )
+    .await;
+
+    world.reconcile("m-1").await;
+    let again = world.reconcile("m-1").await;
+    assert_eq!(again.after, PDB_RETRY);
+    assert_eq!(evictions(&world), ["guarded"], "the next one 20s later");
+    age_refusals(&world);
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world), ["guarded", "guarded"]);
+    assert!(world.server.get(PODS_A, "guarded").is_some());
+
+    // Refused twice: deleted without grace, long before the drain timeout.
+    age_refusals(&world);
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world).len(), 2);
+    assert!(world.server.get(PODS_A, "guarded").is_none());
+    let delete = world
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.line() == format!("DELETE {PODS_A}/guarded"))
+        .expect("pod deleted");
+    assert_eq!(delete.body.unwrap()["gracePeriodSeconds"], 0);
+    world.reconcile("m-1").await;
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain successful. Initiate VM deletion"
+    );
+    assert_eq!(drain_state(&world), None, "nothing left to hand on");
+}
+
+#[tokio::test]
+async fn the_max_evict_retries_flag_applies_when_the_machine_sets_none() {
+    let world = world_with(&["--machine-max-evict-retries=0"], true);
+    world
+        .server
+        .insert(PODS_A, pod("guarded", "m-1", json!({})));
+    refuse_evictions(&world);
+    draining(&world, json!({}), ready_node("m-1", "True")).await;
+    world.reconcile("m-1").await;
+    assert!(evictions(&world).is_empty(), "no eviction to try");
+    assert!(world.server.get(PODS_A, "guarded").is_none());
+}
+
+#[tokio::test]
+async fn pods_with_volumes_go_one_at_a_time_by_priority_after_the_volumes_detach() {
+    let world = world();
+    world.server.insert(PODS_A, pod("web", "m-1", json!({})));
+    pod_with_volume(&world, "db-low", 1, "vol-low");
+    pod_with_volume(&world, "db-high", 100, "vol-high");
+    draining(&world, json!({}), ready_node("m-1", "True")).await;
+    attached(&world, &["vol-low", "vol-high"]);
+
+    // Pods without volumes at once; of those with, the highest priority only.
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world), ["web", "db-high"]);
+    // db-high is gone, but the node still lists its volume: db-low waits.
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world), ["web", "db-high"]);
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain in progress - 1 pods remaining (0 blocked by PodDisruptionBudget), 1 volumes attached. Initiate node drain"
+    );
+    attached(&world, &["vol-low"]);
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world), ["web", "db-high", "db-low"]);
+
+    // No pod left on the node, yet its last volume is still attached.
+    let waiting = world.reconcile("m-1").await;
+    assert_eq!(waiting.after, mcm_machine_controller::error::retry::SHORT);
+    assert!(
+        description(&world, "m-1")
+            .contains("0 pods remaining (0 blocked by PodDisruptionBudget), 1 volumes attached"),
+        "{}",
+        description(&world, "m-1")
+    );
+    attached(&world, &[]);
+    world.reconcile("m-1").await;
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain successful. Initiate VM deletion"
+    );
+}
+
+#[tokio::test]
+async fn the_wait_for_detachment_ends_with_the_pv_detach_timeout() {
+    let world = world_with(&["--machine-pv-detach-timeout=0s"], true);
+    pod_with_volume(&world, "db", 0, "vol-db");
+    pod_with_volume(&world, "cache", 0, "vol-cache");
+    draining(&world, json!({}), ready_node("m-1", "True")).await;
+    attached(&world, &["vol-db", "vol-cache"]);
+
+    world.reconcile("m-1").await;
+    assert_eq!(evictions(&world).len(), 1);
+    // Still attached when the timeout is over: the drain fails (MCM's error) and moves on
+    // to the next pod; the retry does not wait for the first pod's volume again.
+    let timed_out = world.reconcile("m-1").await;
+    assert!(timed_out.failed);
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain failed due to - timeout while waiting for PVs to detach from node. Will retry in next sync. Initiate node drain"
+    );
+    assert_eq!(world.status("m-1", "/lastOperation/state"), "Failed");
+    assert_eq!(evictions(&world).len(), 2);
+    world.reconcile("m-1").await;
+    world.reconcile("m-1").await;
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain successful. Initiate VM deletion"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_that_can_never_allow_the_eviction_fails_the_drain_at_once() {
+    let world = world();
+    world.server.insert(
+        PODS_A,
+        pod(
+            "guarded",
+            "m-1",
+            json!({"metadata": {"labels": {"app": "web"}}}),
+        ),
+    );
+    world.server.insert(
+        BUDGETS_A,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+               "metadata": {"name": "web", "namespace": "app", "generation": 1},
+               "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "web"}}},
+               "status": {"observedGeneration": 1, "expectedPods": 1, "currentHealthy": 1,
+                          "desiredHealthy": 1, "disruptionsAllowed": 0}}),
+    );
+    refuse_evictions(&world);
+    draining(&world, json!({}), ready_node("m-1", "True")).await;
+
+    let failed = world.reconcile("m-1").await;
+    assert!(failed.failed);
+    assert_eq!(
+        description(&world, "m-1"),
+        "Drain failed due to - error while evicting pod \"guarded\": pod disruption budget app/web is misconfigured and requires zero voluntary evictions. Will retry in next sync. Initiate node drain"
+    );
+    assert_eq!(world.status("m-1", "/lastOperation/state"), "Failed");
+
+    // A budget short of healthy pods may allow it later: the eviction waits its turn.
+    let mut budget = world.server.get(BUDGETS_A, "web").unwrap();
+    budget["status"]["currentHealthy"] = json!(0);
+    world.server.insert(BUDGETS_A, budget);
+    let blocked = world.reconcile("m-1").await;
+    assert!(!blocked.failed);
+    assert!(description(&world, "m-1").contains("1 blocked by PodDisruptionBudget"));
+}
+
+fn terminating_condition_of(world: &World, node: &str) -> Value {
+    world.server.get(NODES, node).unwrap()["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Terminating")
+        .cloned()
+        .expect("Terminating condition")
+}
+
+#[tokio::test]
+async fn the_terminating_condition_keeps_an_existing_reason_and_carries_mcms_message() {
+    let world = world();
+    draining(&world, json!({}), ready_node("m-1", "True")).await;
+    world.reconcile("m-1").await;
+    let fresh = terminating_condition_of(&world, "m-1");
+    assert_eq!(
+        (&fresh["status"], &fresh["reason"], &fresh["message"]),
+        (
+            &json!("True"),
+            &json!("ScaleDown"),
+            &json!("Machine Controller is scaling down machine")
+        )
+    );
+
+    // A node already Terminating because its machine failed keeps saying so.
+    let world = support::world();
+    let mut node = ready_node("m-1", "False");
+    node["status"]["conditions"].as_array_mut().unwrap().push(
+        json!({"type": "Terminating", "status": "True", "reason": "Unhealthy",
+                     "message": "Machine Controller is terminating failed machine",
+                     "lastTransitionTime": ago(60)}),
+    );
+    draining(&world, json!({}), node).await;
+    world.reconcile("m-1").await;
+    let kept = terminating_condition_of(&world, "m-1");
+    assert_eq!(
+        (&kept["reason"], &kept["message"]),
+        (
+            &json!("Unhealthy"),
+            &json!("Machine Controller is terminating failed machine")
+        )
     );
 }
