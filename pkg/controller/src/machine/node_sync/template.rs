@@ -15,10 +15,12 @@ use crate::names::{
     NODE_FINALIZER,
 };
 
-fn sync_map(
-    node_map: &mut BTreeMap<String, String>,
-    wanted: &BTreeMap<String, String>,
-    last_applied: &BTreeMap<String, String>,
+/// Puts `wanted` into `node_map` and removes what was applied last and is no longer
+/// wanted; keys nobody applied are left alone. True when `node_map` changed.
+fn sync_map<V: PartialEq + Clone>(
+    node_map: &mut BTreeMap<String, V>,
+    wanted: &BTreeMap<String, V>,
+    last_applied: &BTreeMap<String, V>,
 ) -> bool {
     let mut changed = false;
     for key in last_applied.keys() {
@@ -151,19 +153,7 @@ pub fn apply_virtual_capacity(wanted: &BTreeMap<String, Quantity>, node: &mut No
         .get_or_insert_with(Default::default)
         .capacity
         .get_or_insert_with(Default::default);
-    let mut changed = false;
-    for name in last_applied.keys() {
-        if !wanted.contains_key(name) && capacity.remove(name).is_some() {
-            changed = true;
-        }
-    }
-    for (name, quantity) in wanted {
-        if capacity.get(name) != Some(quantity) {
-            capacity.insert(name.clone(), quantity.clone());
-            changed = true;
-        }
-    }
-    changed
+    sync_map(capacity, wanted, &last_applied)
 }
 
 /// Remembers what [`apply_virtual_capacity`] applied, in MCM's annotation, so a resource
