@@ -354,3 +354,60 @@ async fn without_a_target_cluster_machines_become_available() {
     );
     assert!(world.server.names(KUBE_SYSTEM_SECRETS).is_empty());
 }
+
+/// Status fields this sidecar does not model, as a newer MCM writes them.
+fn newer_mcm_status(phase: &str) -> serde_json::Value {
+    json!({
+        "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
+        "currentStatus": {"phase": phase, "preserveExpiryTime": "2030-01-01T00:00:00Z"},
+        "lastOperation": {"type": "Create", "state": "Processing", "lastUpdateTime": ago(5),
+                          "somethingNewer": {"x": 1}}
+    })
+}
+
+fn assert_newer_fields_kept(world: &World, name: &str) {
+    assert_eq!(world.status(name, "/addresses/0/address"), "10.0.0.7");
+    assert_eq!(
+        world.status(name, "/currentStatus/preserveExpiryTime"),
+        "2030-01-01T00:00:00Z"
+    );
+    assert_eq!(world.status(name, "/lastOperation/somethingNewer/x"), 1);
+}
+
+#[tokio::test]
+async fn status_writes_keep_fields_a_newer_mcm_wrote() {
+    // The health flow writes a status assessed from the stored one.
+    let world = world();
+    world.server.insert(
+        MACHINES,
+        machine_json("m-1", json!({
+            "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"], "labels": {"node": "m-1"}},
+            "spec": {"providerID": "fake://m-1"},
+            "status": newer_mcm_status("Pending")
+        })),
+    );
+    world.driver.add_vm("m-1");
+    world.server.insert(NODES, ready_node("m-1", "True"));
+    world.reconcile("m-1").await;
+    assert_eq!(world.status("m-1", "/currentStatus/phase"), "Running");
+    assert_newer_fields_kept(&world, "m-1");
+
+    // The creation flow's failure record builds lastOperation and currentStatus afresh.
+    world.server.insert(
+        MACHINES,
+        machine_json(
+            "m-2",
+            json!({
+                "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"]},
+                "status": newer_mcm_status("CrashLoopBackOff")
+            }),
+        ),
+    );
+    world
+        .driver
+        .fail_next("CreateMachine", code_error(MachineCode::Internal));
+    world.reconcile("m-2").await;
+    assert_eq!(world.status("m-2", "/lastOperation/state"), "Failed");
+    assert_eq!(world.status("m-2", "/lastOperation/errorCode"), "Internal");
+    assert_newer_fields_kept(&world, "m-2");
+}

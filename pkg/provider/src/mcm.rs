@@ -77,6 +77,7 @@ pub struct MachineStatus {
     pub current_status: Option<CurrentStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_known_state: Option<String>,
+    /// `addresses` and whatever MCM adds next.
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -95,6 +96,10 @@ pub struct LastOperation {
     pub state: Option<String>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// Fields a newer MCM added; kept so a status write never drops them.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -106,6 +111,11 @@ pub struct CurrentStatus {
     pub timeout_active: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+    /// `preserveExpiryTime` (MCM v0.61+) and whatever MCM adds next; kept so a status
+    /// write never drops them.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// Reference to a Secret in the control cluster.
@@ -216,6 +226,33 @@ mod tests {
             status.last_operation.as_ref().unwrap().type_.as_deref(),
             Some("Create")
         );
+        assert_eq!(serde_json::to_value(&machine).unwrap(), raw);
+    }
+
+    #[test]
+    fn status_round_trips_fields_this_provider_does_not_know() {
+        let raw = json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1",
+            "kind": "Machine",
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"class": {"name": "c"}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
+                "currentStatus": {"phase": "Running", "preserveExpiryTime": "2030-01-01T00:00:00Z",
+                                  "somethingNewer": {"a": 1}},
+                "lastOperation": {"type": "HealthCheck", "description": "d", "retries": 3},
+                "inPlaceUpdate": {"state": "x"}
+            }
+        });
+        let machine: Machine = serde_json::from_value(raw.clone()).unwrap();
+        let status = machine.status.as_ref().unwrap();
+        let current = status.current_status.as_ref().unwrap();
+        assert_eq!(current.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            current.extra["preserveExpiryTime"],
+            json!("2030-01-01T00:00:00Z")
+        );
+        assert_eq!(status.last_operation.as_ref().unwrap().extra["retries"], 3);
         assert_eq!(serde_json::to_value(&machine).unwrap(), raw);
     }
 }

@@ -1,13 +1,16 @@
 //! Writing `Machine.status` through the `/status` subresource, skipped when nothing but
-//! timestamps would change (MCM's `machineStatusUpdate`), and the metadata writes the
+//! timestamps would change (MCM's `machineStatusUpdate`), never dropping status fields
+//! this sidecar does not know, and the metadata writes the
 //! flows make (finalizers, labels, providerID) as optimistic-concurrency replaces.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::PostParams;
+use serde_json::Value;
 use tracing::{debug, warn};
 
 use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineStatus};
@@ -40,6 +43,7 @@ pub fn last_operation_at(
         last_update_time: Some(Time(now)),
         state: Some(state.to_owned()),
         type_: Some(type_.to_owned()),
+        extra: Default::default(),
     }
 }
 
@@ -52,6 +56,7 @@ pub fn current_status_at(now: Timestamp, phase: &str, timeout_active: bool) -> C
         phase: Some(phase.to_owned()),
         timeout_active: timeout_active.then_some(true),
         last_update_time: Some(Time(now)),
+        extra: Default::default(),
     }
 }
 
@@ -126,13 +131,34 @@ pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
         == without_times(new.last_operation.as_ref(), new.current_status.as_ref())
 }
 
+/// Copies into `new` the fields of `stored` this sidecar does not know (at the top level,
+/// in lastOperation and in currentStatus) that `new` does not set: a newer MCM (or its
+/// preservation feature, `currentStatus.preserveExpiryTime`) wrote them, and a status
+/// built afresh from known fields would otherwise erase them.
+pub fn keep_unknown_fields(stored: Option<&MachineStatus>, new: &mut MachineStatus) {
+    fn keep(stored: &BTreeMap<String, Value>, new: &mut BTreeMap<String, Value>) {
+        for (key, value) in stored {
+            new.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    let Some(stored) = stored else { return };
+    keep(&stored.extra, &mut new.extra);
+    if let (Some(old), Some(op)) = (&stored.last_operation, &mut new.last_operation) {
+        keep(&old.extra, &mut op.extra);
+    }
+    if let (Some(old), Some(current)) = (&stored.current_status, &mut new.current_status) {
+        keep(&old.extra, &mut current.extra);
+    }
+}
+
 /// Replaces the machine's status with `status`, via `/status` with the machine's
-/// resourceVersion. Returns the stored machine.
+/// resourceVersion, keeping the stored status's unknown fields. Returns the stored machine.
 pub async fn write_status(
     ctx: &Context,
     machine: &Machine,
-    status: MachineStatus,
+    mut status: MachineStatus,
 ) -> Result<Machine, kube::Error> {
+    keep_unknown_fields(machine.status.as_ref(), &mut status);
     let mut updated = machine.clone();
     updated.status = Some(status);
     let name = machine.name_any();
@@ -155,6 +181,8 @@ pub async fn update_machine_status(
     new.last_operation = Some(operation);
     new.current_status = Some(current);
     new.last_known_state = last_known_state;
+    // Before comparing: the stored unknown fields are part of what would be written.
+    keep_unknown_fields(Some(&old), &mut new);
     let name = machine.metadata.name.as_deref().unwrap_or_default();
     if is_similar(&old, &new) {
         debug!(machine = name, "status unchanged; not written");
@@ -209,6 +237,36 @@ mod tests {
             &old,
             &status("Creating machine on cloud provider", phase::RUNNING)
         ));
+    }
+
+    #[test]
+    fn unknown_status_fields_survive_a_fresh_status() {
+        let stored: MachineStatus = serde_json::from_value(serde_json::json!({
+            "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
+            "currentStatus": {"phase": "Running", "preserveExpiryTime": "2030-01-01T00:00:00Z"},
+            "lastOperation": {"type": "HealthCheck", "retries": 3}
+        }))
+        .unwrap();
+        let mut new = status("Machine m is unhealthy", phase::UNKNOWN);
+        new.current_status
+            .as_mut()
+            .unwrap()
+            .extra
+            .insert("somethingSetNow".into(), "kept".into());
+        keep_unknown_fields(Some(&stored), &mut new);
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["addresses"][0]["address"], "10.0.0.7");
+        assert_eq!(
+            json["currentStatus"]["preserveExpiryTime"],
+            "2030-01-01T00:00:00Z"
+        );
+        assert_eq!(json["currentStatus"]["phase"], "Unknown");
+        assert_eq!(json["currentStatus"]["somethingSetNow"], "kept");
+        assert_eq!(json["lastOperation"]["retries"], 3);
+        assert_eq!(
+            json["lastOperation"]["description"],
+            "Machine m is unhealthy"
+        );
     }
 
     #[test]
