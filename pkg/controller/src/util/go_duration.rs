@@ -1,6 +1,9 @@
 //! Go's `time.ParseDuration` syntax, for flags and Machine fields written for Go
 //! (`2h0m0s`, `1.5h`, `90s`, `300ms`). Negative durations are refused: nothing here may be
 //! negative, which is what MCM's option validation enforces after parsing.
+//!
+//! And Go's `time.Duration.String()`, since MCM prints durations into Machine descriptions
+//! and annotations with `%s`, and tools read those texts.
 
 use std::time::Duration;
 
@@ -56,9 +59,88 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
 }
 
+/// A duration as Go's `Duration.String()` prints it: `0s`, `1.5s`, `1m30.5s`, `20m0s`,
+/// `1h2m5s`; below a second in the largest of ms, µs, ns that fits (`1.5ms`, `250µs`).
+pub fn format_go_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (whole_unit, unit) = match nanos {
+        n if n < 1_000 => return format!("{n}ns"),
+        n if n < 1_000_000 => (1_000, "µs"),
+        n if n < 1_000_000_000 => (1_000_000, "ms"),
+        _ => (1_000_000_000, "s"),
+    };
+    let mut text = String::new();
+    let mut whole = nanos / whole_unit;
+    if unit == "s" {
+        let (hours, minutes) = (whole / 3600, whole / 60 % 60);
+        if hours > 0 {
+            text.push_str(&format!("{hours}h"));
+        }
+        if hours > 0 || minutes > 0 {
+            text.push_str(&format!("{minutes}m"));
+        }
+        whole %= 60;
+    }
+    text.push_str(&whole.to_string());
+    text.push_str(&fraction(nanos % whole_unit, whole_unit));
+    text.push_str(unit);
+    text
+}
+
+/// `.5` for 500 of 1000: the remainder's decimal digits, trailing zeros dropped.
+fn fraction(remainder: u128, of: u128) -> String {
+    if remainder == 0 {
+        return String::new();
+    }
+    let width = of.ilog10() as usize;
+    let digits = format!("{remainder:0width$}");
+    format!(".{}", digits.trim_end_matches('0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_as_go_prints() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(20 * 60), "20m0s"),
+            (Duration::from_secs(10 * 60), "10m0s"),
+            (Duration::from_secs(3725), "1h2m5s"),
+            (Duration::from_secs(2 * 3600), "2h0m0s"),
+            (Duration::from_secs(3600 + 5), "1h0m5s"),
+            (Duration::from_secs(59), "59s"),
+            (Duration::from_millis(90_500), "1m30.5s"),
+            (Duration::from_millis(1_500), "1.5s"),
+            (Duration::from_nanos(192_345_678_901), "3m12.345678901s"),
+            (Duration::from_nanos(1_000_000_001), "1.000000001s"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_micros(1_500), "1.5ms"),
+            (Duration::from_micros(250), "250µs"),
+            (Duration::from_nanos(1_050), "1.05µs"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::from_secs(100 * 3600), "100h0m0s"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(format_go_duration(duration), text, "{duration:?}");
+        }
+    }
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        for duration in [
+            Duration::from_secs(3725),
+            Duration::from_millis(90_500),
+            Duration::from_micros(1_500),
+        ] {
+            let parsed = parse_go_duration(&format_go_duration(duration)).unwrap();
+            assert!((parsed.as_secs_f64() - duration.as_secs_f64()).abs() < 1e-9);
+        }
+    }
 
     #[test]
     fn parses_go_forms() {

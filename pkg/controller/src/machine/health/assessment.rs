@@ -11,6 +11,7 @@ use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
 use crate::machine::settings::elapsed_until;
 use crate::machine::status::{current_status_at, last_operation_at, phase_of, status_of};
 use crate::names::{CRITICAL_COMPONENTS_NOT_READY_TAINT, operation, phase, state};
+use crate::util::go_duration::format_go_duration;
 
 /// How soon a Pending or Unknown machine is looked at again for its timeout.
 pub const TIMEOUT_RECHECK: Duration = Duration::from_secs(60);
@@ -151,7 +152,7 @@ fn present_node(
         Some(after) => (
             format!(
                 "Machine {name} successfully joined the cluster in {}",
-                format_duration(after)
+                format_go_duration(after)
             ),
             operation::CREATE,
         ),
@@ -199,7 +200,7 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
     if pending {
         let description = format!(
             "Machine {name} failed to join the cluster in {} minutes.",
-            format_duration(limit)
+            format_go_duration(limit)
         );
         let op_type = status
             .last_operation
@@ -225,7 +226,7 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
     }
     let description = format!(
         "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
-        format_duration(limit),
+        format_go_duration(limit),
         describe_conditions(status.conditions.as_deref().unwrap_or_default())
     );
     set(
@@ -300,12 +301,6 @@ fn critical_components_not_ready(node: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|t| t.key == CRITICAL_COMPONENTS_NOT_READY_TAINT && t.effect == "NoSchedule")
-}
-
-/// Go's `time.Duration` printing for whole seconds, as MCM's descriptions show it.
-pub fn format_duration(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    format!("{}h{}m{}s", seconds / 3600, seconds / 60 % 60, seconds % 60)
 }
 
 fn describe_conditions(conditions: &[NodeCondition]) -> String {
@@ -407,9 +402,28 @@ mod tests {
         let op = status.last_operation.unwrap();
         assert_eq!(
             op.description.unwrap(),
-            "Machine m1 successfully joined the cluster in 0h7m0s"
+            "Machine m1 successfully joined the cluster in 7m0s"
         );
         assert_eq!(op.last_update_time, Some(Time(now())));
+    }
+
+    #[test]
+    fn join_and_timeout_descriptions_print_durations_as_go() {
+        let mut m = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 0);
+        m.metadata.creation_timestamp = Some(Time(now() - SignedDuration::from_millis(90_500)));
+        let n = node(&[("Ready", "True")]);
+        let (status, joined, _) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(joined, Some(Duration::from_millis(90_500)));
+        assert_eq!(
+            status.last_operation.unwrap().description.unwrap(),
+            "Machine m1 successfully joined the cluster in 1m30.5s"
+        );
+        let late = machine(phase::PENDING, operation::CREATE, state::PROCESSING, 30);
+        let (status, ..) = changed(assess(&inputs(&late, None, &[])));
+        assert_eq!(
+            status.last_operation.unwrap().description.unwrap(),
+            "Machine m1 failed to join the cluster in 20m0s minutes."
+        );
     }
 
     #[test]
@@ -578,11 +592,5 @@ mod tests {
             ],
             &[condition("Ready", "True")]
         ));
-    }
-
-    #[test]
-    fn durations_print_like_go() {
-        assert_eq!(format_duration(Duration::from_secs(20 * 60)), "0h20m0s");
-        assert_eq!(format_duration(Duration::from_secs(3725)), "1h2m5s");
     }
 }

@@ -24,9 +24,9 @@ use crate::machine::settings::{
 use crate::machine::status::{replace_machine, status_of, write_status};
 use crate::names::{DEPLOYMENT_NAME_LABEL, JOIN_DURATION_ANNOTATION, phase};
 use crate::runtime::metrics::MachineDuration;
+use crate::util::go_duration::format_go_duration;
 use assessment::{
-    HealthAssessment, HealthInputs, MAX_REPLACEMENTS, assess, format_duration,
-    replacements_in_progress,
+    HealthAssessment, HealthInputs, MAX_REPLACEMENTS, assess, replacements_in_progress,
 };
 use permits::PERMIT_TIMEOUT;
 
@@ -148,7 +148,10 @@ async fn apply(
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
-            .insert(JOIN_DURATION_ANNOTATION.to_owned(), format_duration(joined));
+            .insert(
+                JOIN_DURATION_ANNOTATION.to_owned(),
+                format_go_duration(joined),
+            );
         target = replace_machine(ctx, &target)
             .await
             .map_err(HealthError::Api)?;
