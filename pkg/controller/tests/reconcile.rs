@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use mcm_machine_controller::error::retry;
-use mcm_provider_kubevirt::MachineCode;
+use mcm_provider_kubevirt::{MachineCode, MachineError};
 use support::*;
 
 fn created(world: &World, name: &str) -> bool {
@@ -410,4 +410,56 @@ async fn status_writes_keep_fields_a_newer_mcm_wrote() {
     assert_eq!(world.status("m-2", "/lastOperation/state"), "Failed");
     assert_eq!(world.status("m-2", "/lastOperation/errorCode"), "Internal");
     assert_newer_fields_kept(&world, "m-2");
+}
+
+#[tokio::test]
+async fn a_retried_error_differing_only_in_its_request_id_is_not_rewritten() {
+    let world = world();
+    let first = MachineError::new(
+        MachineCode::Internal,
+        "VM create rejected (request id 4f1c2a77-0b1e)",
+    );
+    world.server.insert(
+        MACHINES,
+        machine_json(
+            "m-1",
+            json!({
+                "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"]},
+                "status": {
+                    "currentStatus": {"phase": "CrashLoopBackOff", "lastUpdateTime": ago(5)},
+                    "lastOperation": {"description": format!("Cloud provider message - {first}"),
+                                      "errorCode": "Internal", "state": "Failed", "type": "Create",
+                                      "lastUpdateTime": ago(5)}}
+            }),
+        ),
+    );
+    world.driver.fail_next(
+        "CreateMachine",
+        MachineError::new(
+            MachineCode::Internal,
+            "VM create rejected (request id 9d03e6b1-77c2)",
+        ),
+    );
+    world.server.clear_requests();
+    world.reconcile("m-1").await;
+    assert_eq!(
+        world.driver.operations(),
+        ["GetMachineStatus", "CreateMachine"]
+    );
+    let writes: Vec<_> = world
+        .server
+        .request_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("PUT"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+
+    // Another error is a change, and written.
+    let other = MachineError::new(MachineCode::Internal, "image not found");
+    world.driver.fail_next("CreateMachine", other.clone());
+    world.reconcile("m-1").await;
+    assert_eq!(
+        world.status("m-1", "/lastOperation/description"),
+        format!("Cloud provider message - {other}").as_str()
+    );
 }

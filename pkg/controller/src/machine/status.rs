@@ -1,6 +1,6 @@
 //! Writing `Machine.status` through the `/status` subresource, skipped when nothing but
-//! timestamps would change (MCM's `machineStatusUpdate`), never dropping status fields
-//! this sidecar does not know, and the metadata writes the
+//! timestamps and a similar description would change (MCM's `machineStatusUpdate`), never
+//! dropping status fields this sidecar does not know, and the metadata writes the
 //! flows make (finalizers, labels, providerID) as optimistic-concurrency replaces.
 
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineS
 use crate::context::Context;
 use crate::error::{ApiError, Requeue, retry};
 use crate::names::NODE_LABEL;
+use crate::util::similarity::similarity_ratio;
 
 /// MCM rewrites a similar status anyway once its lastOperation is this old.
 const FORCE_REWRITE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -103,19 +104,39 @@ pub fn op_type_of(machine: &Machine) -> String {
         .unwrap_or_else(|| crate::names::operation::DELETE.to_owned())
 }
 
-fn without_times(
-    operation: Option<&LastOperation>,
-    current: Option<&CurrentStatus>,
+/// MCM skips a status write whose descriptions are more than this alike (by
+/// [`similarity_ratio`]): a retried cloud error differs only in its request ID.
+const SIMILAR_DESCRIPTIONS: f64 = 0.75;
+
+/// The parts of lastOperation and currentStatus MCM compares: no timestamps, and the
+/// descriptions dropped when they are similar. Empty strings and `false` are "unset", as
+/// in Go's zero values.
+fn comparable(
+    status: &MachineStatus,
+    similar_descriptions: bool,
 ) -> (LastOperation, CurrentStatus) {
-    let mut operation = operation.cloned().unwrap_or_default();
+    let set = |text: &Option<String>| text.clone().filter(|t| !t.is_empty());
+    let mut operation = status.last_operation.clone().unwrap_or_default();
     operation.last_update_time = None;
-    let mut current = current.cloned().unwrap_or_default();
+    operation.description = if similar_descriptions {
+        None
+    } else {
+        set(&operation.description)
+    };
+    operation.error_code = set(&operation.error_code);
+    operation.state = set(&operation.state);
+    operation.type_ = set(&operation.type_);
+    let mut current = status.current_status.clone().unwrap_or_default();
     current.last_update_time = None;
+    current.phase = set(&current.phase);
+    current.timeout_active = current.timeout_active.filter(|active| *active);
     (operation, current)
 }
 
-/// True when writing `new` over `old` would change nothing but timestamps, and the old
-/// status is recent enough not to need a refresh.
+/// MCM's `isMachineStatusSimilar`: writing `new` over `old` would change nothing but
+/// timestamps and a description more than 75% alike, and neither lastOperation is older
+/// than 30 minutes (a stale one is rewritten regardless). lastKnownState and conditions
+/// are not compared, as in MCM.
 pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
     let stale = |status: &MachineStatus| {
         let updated = status
@@ -124,11 +145,18 @@ pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
             .and_then(|o| o.last_update_time.as_ref());
         updated.is_none() || crate::machine::settings::elapsed_since(updated) > FORCE_REWRITE_AFTER
     };
-    if stale(old) {
+    if stale(old) || stale(new) {
         return false;
     }
-    without_times(old.last_operation.as_ref(), old.current_status.as_ref())
-        == without_times(new.last_operation.as_ref(), new.current_status.as_ref())
+    let description = |status: &MachineStatus| {
+        status
+            .last_operation
+            .as_ref()
+            .and_then(|o| o.description.clone())
+            .unwrap_or_default()
+    };
+    let similar = similarity_ratio(&description(old), &description(new)) > SIMILAR_DESCRIPTIONS;
+    comparable(old, similar) == comparable(new, similar)
 }
 
 /// Copies into `new` the fields of `stored` this sidecar does not know (at the top level,
@@ -237,6 +265,93 @@ mod tests {
             &old,
             &status("Creating machine on cloud provider", phase::RUNNING)
         ));
+    }
+
+    fn with_state(
+        description: &str,
+        op_state: &str,
+        op_type: &str,
+        phase_name: &str,
+    ) -> MachineStatus {
+        MachineStatus {
+            last_operation: Some(last_operation(description, op_state, op_type)),
+            current_status: Some(current_status(phase_name, false)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn descriptions_more_than_75_percent_alike_are_similar() {
+        let failed = |description: &str| {
+            with_state(
+                description,
+                state::FAILED,
+                "Create",
+                phase::CRASH_LOOP_BACK_OFF,
+            )
+        };
+        // A retried cloud error with a new request ID: one write, not one per retry.
+        let old = failed("Cloud provider message - quota exceeded (request id 4f1c2a77-0b1e)");
+        let new = failed("Cloud provider message - quota exceeded (request id 9d03e6b1-77c2)");
+        assert!(is_similar(&old, &new));
+        // Strictly more than 0.75: one byte in four differing is not similar.
+        assert!(!is_similar(&failed("abcd"), &failed("abce")));
+        assert!(is_similar(&failed("abcde"), &failed("abcdX")));
+        // A different message is a change.
+        assert!(!is_similar(
+            &old,
+            &failed("Cloud provider message - VM image not found")
+        ));
+    }
+
+    #[test]
+    fn state_type_phase_and_error_code_always_count() {
+        let base = with_state(
+            "Drain in progress - 3 pods",
+            state::PROCESSING,
+            "Delete",
+            phase::TERMINATING,
+        );
+        let same = with_state(
+            "Drain in progress - 2 pods",
+            state::PROCESSING,
+            "Delete",
+            phase::TERMINATING,
+        );
+        assert!(is_similar(&base, &same));
+        for other in [
+            with_state(
+                "Drain in progress - 2 pods",
+                state::FAILED,
+                "Delete",
+                phase::TERMINATING,
+            ),
+            with_state(
+                "Drain in progress - 2 pods",
+                state::PROCESSING,
+                "Create",
+                phase::TERMINATING,
+            ),
+            with_state(
+                "Drain in progress - 2 pods",
+                state::PROCESSING,
+                "Delete",
+                phase::FAILED,
+            ),
+        ] {
+            assert!(!is_similar(&base, &other), "{other:?}");
+        }
+        let mut coded = same.clone();
+        coded.last_operation.as_mut().unwrap().error_code = Some("Internal".into());
+        assert!(!is_similar(&base, &coded));
+        let mut active = same.clone();
+        active.current_status.as_mut().unwrap().timeout_active = Some(true);
+        assert!(!is_similar(&base, &active));
+        // Go's zero values: an empty error code and `false` are the same as unset.
+        let mut zero = same;
+        zero.last_operation.as_mut().unwrap().error_code = Some(String::new());
+        zero.current_status.as_mut().unwrap().timeout_active = Some(false);
+        assert!(is_similar(&base, &zero));
     }
 
     #[test]

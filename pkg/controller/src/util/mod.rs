@@ -2,3 +2,4 @@
 
 pub mod finalizers;
 pub mod go_duration;
+pub mod similarity;
