@@ -4,19 +4,7 @@
 /// The Levenshtein distance over bytes, as MCM counts it (a multi-byte character that
 /// differs counts once per differing byte).
 pub fn levenshtein(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    // One row of the edit-distance table: distances from a's prefixes to b[..j].
-    let mut row: Vec<usize> = (0..=a.len()).collect();
-    for (j, &b_byte) in b.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = j + 1;
-        for (i, &a_byte) in a.iter().enumerate() {
-            let substitution = diagonal + usize::from(a_byte != b_byte);
-            diagonal = row[i + 1];
-            row[i + 1] = substitution.min(row[i + 1] + 1).min(row[i] + 1);
-        }
-    }
-    row[a.len()]
+    strsim::generic_levenshtein(&a.as_bytes().to_vec(), &b.as_bytes().to_vec())
 }
 
 /// `1 - distance / mean length`: 1 for equal strings, NaN for two empty ones (which
