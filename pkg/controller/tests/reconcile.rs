@@ -463,3 +463,35 @@ async fn a_retried_error_differing_only_in_its_request_id_is_not_rewritten() {
         format!("Cloud provider message - {other}").as_str()
     );
 }
+
+#[tokio::test]
+async fn join_duration_is_labelled_with_the_class_instance_type_and_the_node_template_zone() {
+    let world = world();
+    let mut class = world.server.get(CLASSES, "class-a").unwrap();
+    class["nodeTemplate"] = json!({
+        "capacity": {"cpu": "2", "gpu": "0", "memory": "4Gi"},
+        "instanceType": "u1.large", "region": "r", "zone": "class-zone"
+    });
+    world.server.insert(CLASSES, class);
+    world.server.insert(
+        MACHINES,
+        machine_json("m-1", json!({
+            "metadata": {"creationTimestamp": ago(90), "finalizers": ["machine.sapcloud.io/machine-controller-manager"], "labels": {"node": "m-1"}},
+            "spec": {"providerID": "fake://m-1",
+                     "nodeTemplate": {"metadata": {"labels": {"topology.kubernetes.io/zone": "z-b"}}}},
+            "status": {"currentStatus": {"phase": "Pending"}, "lastOperation": {"type": "Create", "state": "Processing", "lastUpdateTime": ago(5)}}
+        })),
+    );
+    world.driver.add_vm("m-1");
+    world.server.insert(NODES, ready_node("m-1", "True"));
+    world.reconcile("m-1").await;
+    assert_eq!(world.status("m-1", "/currentStatus/phase"), "Running");
+    let text = world.ctx.metrics.render(Some(&[]), false);
+    let series = "mcm_machine_join_duration_seconds{namespace=\"shoot--dev--kv\",machine_deployment=\"pool-a\",instance_type=\"u1.large\",zone=\"z-b\"} ";
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .unwrap_or_else(|| panic!("missing {series:?} in\n{text}"));
+    // 90s and the test's own milliseconds, rounded to whole seconds.
+    assert!(value == "90.0" || value == "91.0", "{value}");
+}

@@ -21,7 +21,6 @@ use crate::machine::creation::creation_flow;
 use crate::machine::deletion::deletion_flow;
 use crate::machine::health::reconcile_health;
 use crate::machine::node_sync::sync_node;
-use crate::machine::settings::zone_of;
 use crate::machine::status::{node_name_of, phase_of};
 use crate::machine_class::class_of;
 use crate::names::{MCM_FINALIZER, phase};
@@ -77,7 +76,7 @@ pub async fn reconcile_machine(
     let current = phase_of(machine);
     let mut recheck = None;
     if !node_name.is_empty() && !current.is_empty() {
-        match reconcile_health(ctx, machine, &node_name, &zone_of(&class)).await? {
+        match reconcile_health(ctx, machine, &node_name, &class).await? {
             ControlFlow::Break(requeue) => return Ok(requeue),
             ControlFlow::Continue(after) => recheck = after,
         }

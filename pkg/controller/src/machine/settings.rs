@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
+use mcm_provider_kubevirt::mcm::Machine;
 use serde_json::Value;
 use tracing::warn;
 
@@ -75,14 +75,6 @@ pub fn node_conditions(machine: &Machine, options: &Options) -> Vec<String> {
         Some(list) => split_conditions(list),
         None => options.node_condition_types(),
     }
-}
-
-/// The zone label of the duration metrics: the providerSpec's zone, if any.
-pub fn zone_of(class: &MachineClass) -> String {
-    class.provider_spec["zone"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Time since a timestamp, zero for timestamps in the future or missing.

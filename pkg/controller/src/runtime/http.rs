@@ -24,12 +24,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
-    let machines = shared
-        .machines
-        .as_ref()
-        .map(Store::state)
-        .unwrap_or_default();
-    let text = shared.ctx.metrics.render(&machines, shared.ctx.is_frozen());
+    let machines = shared.machines.as_ref().map(Store::state);
+    let text = shared
+        .ctx
+        .metrics
+        .render(machines.as_deref(), shared.ctx.is_frozen());
     (
         StatusCode::OK,
         [(

@@ -8,4 +8,5 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod options;
+pub mod process_metrics;
 pub mod run;

@@ -20,7 +20,7 @@ use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 use crate::context::Context;
 use crate::error::{CreationError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::prepare_user_data;
-use crate::machine::settings::{creation_timeout, elapsed_since, zone_of};
+use crate::machine::settings::{creation_timeout, elapsed_since};
 use crate::machine::status::{
     current_status, last_operation, replace_machine, status_of, update_machine_status,
 };
@@ -129,7 +129,7 @@ async fn create(ctx: &Context, request: &MachineRequest) -> Result<VmIdentity, R
     ctx.metrics.machine_duration(
         MachineDuration::Create,
         machine,
-        &zone_of(&request.machine_class),
+        Some(&request.machine_class),
         elapsed_since(machine.metadata.creation_timestamp.as_ref()),
     );
     if stale_node_exists(ctx, &name, &created.node_name).await {
@@ -178,21 +178,25 @@ async fn create_failed(ctx: &Context, machine: &Machine, error: MachineError) ->
     }
 }
 
-/// Runs InitializeMachine; Unimplemented counts as done.
+/// Runs InitializeMachine; Unimplemented counts as done, and is timed like a success as
+/// MCM times it.
 async fn initialize_vm(ctx: &Context, request: &MachineRequest) -> Result<(), ReconcileError> {
     let started = Instant::now();
-    match ctx.driver.initialize_machine(request).await {
-        Ok(_) => {
-            ctx.metrics.machine_duration(
-                MachineDuration::Initialize,
-                &request.machine,
-                &zone_of(&request.machine_class),
-                started.elapsed(),
-            );
-            Ok(())
-        }
-        Err(error) if error.code == mcm_provider_kubevirt::MachineCode::Unimplemented => Ok(()),
-        Err(error) => {
+    let result = ctx.driver.initialize_machine(request).await;
+    let done = match &result {
+        Ok(_) => true,
+        Err(error) => error.code == mcm_provider_kubevirt::MachineCode::Unimplemented,
+    };
+    if done {
+        ctx.metrics.machine_duration(
+            MachineDuration::Initialize,
+            &request.machine,
+            Some(&request.machine_class),
+            started.elapsed(),
+        );
+    }
+    match result {
+        Err(error) if !done => {
             let machine = &request.machine;
             let now = Timestamp::now();
             let phase = failure_phase(machine, creation_timeout(machine, &ctx.options), now);
@@ -203,6 +207,7 @@ async fn initialize_vm(ctx: &Context, request: &MachineRequest) -> Result<(), Re
                 .map_err(CreationError::Api)?;
             Err(CreationError::Initialize(error).into())
         }
+        _ => Ok(()),
     }
 }
 

@@ -17,7 +17,7 @@ use mcm_provider_kubevirt::mcm::Machine;
 use crate::context::{Context, is_not_found};
 use crate::error::{ApiError, DeletionError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::delete_bootstrap_token;
-use crate::machine::settings::{elapsed_since, zone_of};
+use crate::machine::settings::elapsed_since;
 use crate::machine::status::{
     current_status, description_of, last_operation, phase_of, status_of, update_machine_status,
 };
@@ -137,7 +137,7 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Delet
         ctx.metrics.machine_duration(
             MachineDuration::Drain,
             machine,
-            "",
+            None,
             elapsed_since(machine.metadata.deletion_timestamp.as_ref()),
         );
     }
@@ -155,7 +155,7 @@ async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<Requeue, D
         ctx.metrics.machine_duration(
             MachineDuration::Delete,
             machine,
-            &zone_of(&request.machine_class),
+            Some(&request.machine_class),
             elapsed_since(machine.metadata.deletion_timestamp.as_ref()),
         );
     }

@@ -154,7 +154,8 @@ pub fn after_vm_status(found: Result<GetMachineStatusResponse, MachineError>) ->
 #[derive(Debug, Clone, PartialEq)]
 pub struct DrainDecision {
     pub next: Transition,
-    /// The drain finished normally (its duration is recorded).
+    /// The drain finished, forced or not (its duration is recorded, as MCM records it
+    /// whenever RunDrain succeeds).
     pub completed: bool,
     /// A failed unforced drain: the reconcile fails with this.
     pub error: Option<String>,
@@ -172,7 +173,7 @@ pub fn after_drain(pass: Result<DrainProgress, String>, forced: bool) -> DrainDe
                 DeletionStep::DeleteVolumeAttachments,
                 "Force Drain successful.",
             ),
-            false,
+            true,
             None,
         ),
         Ok(progress) if progress.done() => decided(
@@ -375,8 +376,11 @@ mod tests {
             DeletionStep::parse(&done.next.description),
             DeletionStep::DeleteVm
         );
+        assert!(after_drain(Ok(progress(0, 0)), true).completed);
+        assert!(!blocked.completed);
         let forced = after_drain(Err("evicting: boom".into()), true);
         assert_eq!(forced.error, None);
+        assert!(!forced.completed);
         assert_eq!(
             DeletionStep::parse(&forced.next.description),
             DeletionStep::DeleteVolumeAttachments

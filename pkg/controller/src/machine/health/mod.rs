@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
-use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
+use mcm_provider_kubevirt::mcm::{Machine, MachineClass, MachineStatus};
 use tracing::{info, warn};
 
 use crate::context::{Context, get_node, is_not_found};
@@ -36,7 +36,7 @@ pub async fn reconcile_health(
     ctx: &Context,
     machine: &Machine,
     node_name: &str,
-    zone: &str,
+    class: &MachineClass,
 ) -> Result<ControlFlow<Requeue, Option<Duration>>, ReconcileError> {
     let Some(nodes) = ctx.nodes() else {
         return Ok(ControlFlow::Continue(None));
@@ -60,7 +60,7 @@ pub async fn reconcile_health(
             .map(ControlFlow::Break),
         HealthAssessment::Unchanged { recheck } => Ok(ControlFlow::Continue(recheck)),
         HealthAssessment::Replace { status } => {
-            replace(ctx, machine, *status).await?;
+            replace(ctx, machine, class, *status).await?;
             Ok(ControlFlow::Break(Requeue::after(
                 retry::SHORT,
                 "machine phase/conditions updated",
@@ -71,7 +71,7 @@ pub async fn reconcile_health(
             joined,
             failed_join,
         } => {
-            apply(ctx, machine, zone, *status, joined, failed_join).await?;
+            apply(ctx, machine, class, *status, joined, failed_join).await?;
             Ok(ControlFlow::Break(Requeue::after(
                 retry::SHORT,
                 "machine phase/conditions updated",
@@ -86,6 +86,7 @@ pub async fn reconcile_health(
 async fn replace(
     ctx: &Context,
     machine: &Machine,
+    class: &MachineClass,
     status: MachineStatus,
 ) -> Result<(), ReconcileError> {
     let name = machine.name_any();
@@ -120,14 +121,14 @@ async fn replace(
             return Err(HealthError::ReplacementLimit { machine: name }.into());
         }
     }
-    apply(ctx, machine, "", status, None, false).await
+    apply(ctx, machine, class, status, None, false).await
 }
 
 /// Writes the assessed status, after what a join or a failed join brings with it.
 async fn apply(
     ctx: &Context,
     machine: &Machine,
-    zone: &str,
+    class: &MachineClass,
     status: MachineStatus,
     joined: Option<Duration>,
     failed_join: bool,
@@ -142,7 +143,7 @@ async fn apply(
             warn!(machine = %name, "deleting the bootstrap token failed: {error}");
         }
         ctx.metrics
-            .machine_duration(MachineDuration::Join, machine, zone, joined);
+            .machine_duration(MachineDuration::Join, machine, Some(class), joined);
         // The annotation is metadata: written with the machine, before the status.
         target
             .metadata
@@ -157,7 +158,7 @@ async fn apply(
             .map_err(HealthError::Api)?;
     }
     if failed_join {
-        ctx.metrics.failed_join(machine, zone);
+        ctx.metrics.failed_join(machine, class);
     }
     write_status(ctx, &target, status).await.map_err(|error| {
         HealthError::Api(ApiError::new("Update of Phase/Conditions failed", error))
