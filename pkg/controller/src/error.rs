@@ -156,6 +156,16 @@ pub enum DeletionError {
     BootstrapToken(#[source] kube::Error),
 }
 
+/// A failed preservation step (MCM v0.62's manageMachinePreservation).
+#[derive(Debug, thiserror::Error)]
+pub enum PreservationError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The drain of a preserved Failed machine's Node failed.
+    #[error("drain of preserved node {node:?} failed: {error}")]
+    Drain { node: String, error: String },
+}
+
 /// Why a MachineClass or Secret finalizer could not be brought in line.
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizerError {
@@ -183,6 +193,8 @@ pub enum ReconcileError {
     Health(#[from] HealthError),
     #[error(transparent)]
     NodeSync(ApiError),
+    #[error(transparent)]
+    Preservation(#[from] PreservationError),
     #[error("{source}")]
     Deletion {
         step: DeletionStep,
@@ -209,6 +221,8 @@ impl ReconcileError {
             E::Health(HealthError::ReplacementLimit { .. } | HealthError::PermitTimeout { .. }) => {
                 retry::SHORT
             }
+            E::Preservation(PreservationError::Api(api)) => api.retry_after(),
+            E::Preservation(PreservationError::Drain { .. }) => retry::SHORT,
             E::Frozen | E::InvalidMachine(_) => retry::LONG,
             E::Class(error) => match error {
                 ClassError::NotFound { .. } | ClassError::SecretData(_) => retry::LONG,
@@ -262,6 +276,7 @@ impl ReconcileError {
             E::Creation(_) => "creation",
             E::Health(_) => "health",
             E::NodeSync(_) => "node_sync",
+            E::Preservation(_) => "preservation",
             E::Deletion { .. } => "deletion",
             E::MachineClass(_) => "machine_class",
             E::Secret(_) => "secret",

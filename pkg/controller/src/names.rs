@@ -42,6 +42,26 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// evictions, volumes awaited) from one pass to the next.
 pub const DRAIN_STATE_ANNOTATION: &str = "kubevirt.provider.machine.sapcloud.io/drain-state";
 
+/// Machine or Node annotation asking for preservation: `now`, `when-failed`,
+/// `auto-preserved` (set by the machine-set controller) or `false`.
+pub const PRESERVE_ANNOTATION: &str = "node.machine.sapcloud.io/preserve";
+/// Machine annotation remembering the Node's preserve value last acted on.
+pub const LAST_APPLIED_NODE_PRESERVE_ANNOTATION: &str =
+    "node.machine.sapcloud.io/last-applied-node-preserve-value";
+/// Node taint (NoSchedule) put on a preserved Failed machine's Node before it is drained;
+/// a taint rather than a cordon, so a user's own cordon is left as it is.
+pub const PRESERVED_TAINT: &str = "node.machine.sapcloud.io/preserved";
+/// Node condition reporting the preservation.
+pub const PRESERVED_CONDITION: &str = "Preserved";
+/// Machine label forcing the drain of a preserved machine's Node.
+pub const FORCE_DRAIN_LABEL: &str = "force-drain";
+/// Node annotation keeping the cluster-autoscaler from scaling the Node down.
+pub const CA_SCALE_DOWN_DISABLED_ANNOTATION: &str =
+    "cluster-autoscaler.kubernetes.io/scale-down-disabled";
+/// Node annotation saying MCM set the one above, so only then is it removed again.
+pub const CA_SCALE_DOWN_DISABLED_BY_MCM_ANNOTATION: &str =
+    "cluster-autoscaler.kubernetes.io/scale-down-disabled-by-mcm";
+
 /// `status.currentStatus.phase` values.
 pub mod phase {
     pub const PENDING: &str = "Pending";

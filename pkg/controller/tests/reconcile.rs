@@ -381,7 +381,8 @@ async fn status_writes_keep_fields_a_newer_mcm_wrote() {
     world.server.insert(
         MACHINES,
         machine_json("m-1", json!({
-            "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"], "labels": {"node": "m-1"}},
+            "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"], "labels": {"node": "m-1"},
+                         "annotations": {"node.machine.sapcloud.io/preserve": "now"}},
             "spec": {"providerID": "fake://m-1"},
             "status": newer_mcm_status("Pending")
         })),
@@ -398,7 +399,9 @@ async fn status_writes_keep_fields_a_newer_mcm_wrote() {
         machine_json(
             "m-2",
             json!({
-                "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"]},
+                // Preserved (the expiry's reason), so the preservation keeps the expiry.
+                "metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"],
+                             "annotations": {"node.machine.sapcloud.io/preserve": "now"}},
                 "status": newer_mcm_status("CrashLoopBackOff")
             }),
         ),

@@ -74,3 +74,18 @@ async fn one_machine_of_a_deployment_is_replaced_at_a_time() {
     assert!(outcome.failed);
     assert_eq!(world.status("m-2", "/currentStatus/phase"), "Unknown");
 }
+
+#[tokio::test]
+async fn a_preserved_failed_machine_does_not_hold_back_replacements() {
+    let world = world();
+    add(&world, "m-1", "pool-a", "Unknown");
+    add(&world, "m-2", "pool-a", "Failed");
+    let mut preserved = world.machine("m-2").unwrap();
+    preserved["status"]["currentStatus"]["preserveExpiryTime"] = json!("2099-01-01T00:00:00Z");
+    world.server.insert(MACHINES, preserved);
+
+    // m-2 is kept by its preservation, not being replaced: m-1 may be.
+    let outcome = world.reconcile("m-1").await;
+    assert!(!outcome.failed, "{outcome:?}");
+    assert_eq!(world.status("m-1", "/currentStatus/phase"), "Failed");
+}

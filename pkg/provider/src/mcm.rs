@@ -111,8 +111,10 @@ pub struct CurrentStatus {
     pub timeout_active: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
-    /// `preserveExpiryTime` (MCM v0.61+) and whatever MCM adds next; kept so a status
-    /// write never drops them.
+    /// Until when the machine is preserved (MCM v0.62's preservation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_expiry_time: Option<Time>,
+    /// Whatever MCM adds next; kept so a status write never drops it.
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -248,10 +250,7 @@ mod tests {
         let status = machine.status.as_ref().unwrap();
         let current = status.current_status.as_ref().unwrap();
         assert_eq!(current.phase.as_deref(), Some("Running"));
-        assert_eq!(
-            current.extra["preserveExpiryTime"],
-            json!("2030-01-01T00:00:00Z")
-        );
+        assert_eq!(current.extra["somethingNewer"], json!({"a": 1}));
         assert_eq!(status.last_operation.as_ref().unwrap().extra["retries"], 3);
         assert_eq!(serde_json::to_value(&machine).unwrap(), raw);
     }

@@ -7,6 +7,7 @@ pub mod creation;
 pub mod deletion;
 pub mod health;
 pub mod node_sync;
+pub mod preservation;
 pub mod settings;
 pub mod status;
 
@@ -21,6 +22,7 @@ use crate::machine::creation::creation_flow;
 use crate::machine::deletion::deletion_flow;
 use crate::machine::health::reconcile_health;
 use crate::machine::node_sync::sync_node;
+use crate::machine::preservation::manage_preservation;
 use crate::machine::status::{node_name_of, phase_of};
 use crate::machine_class::class_of;
 use crate::names::{MCM_FINALIZER, phase};
@@ -83,6 +85,9 @@ pub async fn reconcile_machine(
         if let ControlFlow::Break(requeue) = sync_node(ctx, machine, &class, &node_name).await? {
             return Ok(requeue);
         }
+    }
+    if let ControlFlow::Break(requeue) = manage_preservation(ctx, machine).await? {
+        return Ok(requeue);
     }
     let provider_id = machine.spec.provider_id.as_deref().unwrap_or_default();
     if provider_id.is_empty() || current.is_empty() || current == phase::CRASH_LOOP_BACK_OFF {

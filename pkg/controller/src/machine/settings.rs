@@ -47,6 +47,12 @@ pub fn drain_timeout(machine: &Machine, options: &Options) -> Duration {
     spec_duration(machine, "drainTimeout").unwrap_or(options.machines.machine_drain_timeout)
 }
 
+/// How long a preservation lasts: `spec.machinePreserveTimeout` over the flag.
+pub fn preserve_timeout(machine: &Machine, options: &Options) -> Duration {
+    spec_duration(machine, "machinePreserveTimeout")
+        .unwrap_or(options.machines.machine_preserve_timeout)
+}
+
 pub fn max_evict_retries(machine: &Machine, options: &Options) -> i64 {
     machine
         .spec

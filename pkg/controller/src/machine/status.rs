@@ -17,7 +17,7 @@ use mcm_provider_kubevirt::mcm::{CurrentStatus, LastOperation, Machine, MachineS
 
 use crate::context::Context;
 use crate::error::{ApiError, Requeue, retry};
-use crate::names::NODE_LABEL;
+use crate::names::{NODE_LABEL, phase};
 use crate::util::similarity::similarity_ratio;
 
 /// MCM rewrites a similar status anyway once its lastOperation is this old.
@@ -57,6 +57,7 @@ pub fn current_status_at(now: Timestamp, phase: &str, timeout_active: bool) -> C
         phase: Some(phase.to_owned()),
         timeout_active: timeout_active.then_some(true),
         last_update_time: Some(Time(now)),
+        preserve_expiry_time: None,
         extra: Default::default(),
     }
 }
@@ -160,9 +161,11 @@ pub fn is_similar(old: &MachineStatus, new: &MachineStatus) -> bool {
 }
 
 /// Copies into `new` the fields of `stored` this sidecar does not know (at the top level,
-/// in lastOperation and in currentStatus) that `new` does not set: a newer MCM (or its
-/// preservation feature, `currentStatus.preserveExpiryTime`) wrote them, and a status
-/// built afresh from known fields would otherwise erase them.
+/// in lastOperation and in currentStatus) that `new` does not set: a newer MCM wrote them,
+/// and a status built afresh from known fields would otherwise erase them. The
+/// preservation's `preserveExpiryTime` is carried too, as MCM carries it in every status
+/// it builds, except into Terminating (deletion ends the preservation); preservation
+/// itself sets and clears it with a patch (`preservation::write_expiry`).
 pub fn keep_unknown_fields(stored: Option<&MachineStatus>, new: &mut MachineStatus) {
     fn keep(stored: &BTreeMap<String, Value>, new: &mut BTreeMap<String, Value>) {
         for (key, value) in stored {
@@ -176,6 +179,11 @@ pub fn keep_unknown_fields(stored: Option<&MachineStatus>, new: &mut MachineStat
     }
     if let (Some(old), Some(current)) = (&stored.current_status, &mut new.current_status) {
         keep(&old.extra, &mut current.extra);
+        if current.preserve_expiry_time.is_none()
+            && current.phase.as_deref() != Some(phase::TERMINATING)
+        {
+            current.preserve_expiry_time = old.preserve_expiry_time.clone();
+        }
     }
 }
 
@@ -242,7 +250,7 @@ pub fn continue_after_write(reason: impl Into<String>) -> Requeue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{phase, state};
+    use crate::names::state;
 
     fn status(description: &str, phase_name: &str) -> MachineStatus {
         MachineStatus {
@@ -381,6 +389,13 @@ mod tests {
         assert_eq!(
             json["lastOperation"]["description"],
             "Machine m is unhealthy"
+        );
+        // Deletion ends a preservation: Terminating does not carry the expiry.
+        let mut terminating = status("deleting", phase::TERMINATING);
+        keep_unknown_fields(Some(&stored), &mut terminating);
+        assert_eq!(
+            terminating.current_status.unwrap().preserve_expiry_time,
+            None
         );
     }
 

@@ -116,7 +116,7 @@ pub struct MachineLifecycle {
     /// Timeout used while waiting for reattach of PVs onto a different node
     #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
     pub machine_pv_reattach_timeout: Duration,
-    /// Duration a failed machine is preserved when annotated (accepted for compatibility; preservation is not supported)
+    /// Duration for which a failed machine should be preserved if it has the preserve annotation set
     #[arg(long, default_value = "96h", value_parser = parse_go_duration)]
     pub machine_preserve_timeout: Duration,
     /// Retry period when machine creation fails with ResourceExhausted (0 means 10m)

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
 
+use crate::machine::preservation::expiry_of;
 use crate::machine::settings::elapsed_until;
 use crate::machine::status::{current_status_at, last_operation_at, phase_of, status_of};
 use crate::names::{CRITICAL_COMPONENTS_NOT_READY_TAINT, operation, phase, state};
@@ -54,14 +55,18 @@ pub const MAX_REPLACEMENTS: usize = 1;
 
 /// Machines of a MachineDeployment counted as being replaced (MCM's canMarkMachineFailed):
 /// every phase but Running and Unknown, and Terminating twice, since the replacement of a
-/// terminating machine may not exist yet.
+/// terminating machine may not exist yet. A preserved machine is not being replaced, so
+/// it counts only if Terminating (and then once).
 pub fn replacements_in_progress<'a>(machines: impl IntoIterator<Item = &'a Machine>) -> usize {
     machines
         .into_iter()
-        .map(|machine| match phase_of(machine) {
-            phase::RUNNING | phase::UNKNOWN => 0,
-            phase::TERMINATING => 2,
-            _ => 1,
+        .map(|machine| {
+            let unpreserved = usize::from(expiry_of(machine).is_none());
+            match phase_of(machine) {
+                phase::RUNNING | phase::UNKNOWN => 0,
+                phase::TERMINATING => unpreserved + 1,
+                _ => unpreserved,
+            }
         })
         .sum()
 }
@@ -526,6 +531,16 @@ mod tests {
             replacements_in_progress(&[Machine::new("fresh", Default::default())]),
             1
         );
+        // A preserved Failed machine is kept, not replaced.
+        let mut preserved = with_phase(phase::FAILED);
+        if let Some(current) = preserved
+            .status
+            .as_mut()
+            .and_then(|s| s.current_status.as_mut())
+        {
+            current.preserve_expiry_time = Some(crate::machine::status::now());
+        }
+        assert_eq!(replacements_in_progress(&[preserved]), 0);
     }
 
     #[test]
