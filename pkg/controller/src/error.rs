@@ -156,6 +156,17 @@ pub enum DeletionError {
     BootstrapToken(#[source] kube::Error),
 }
 
+/// A failed step of an in-place update; a failed drain is recorded in the status first.
+#[derive(Debug, thiserror::Error)]
+pub enum InPlaceError {
+    /// Writing the Node's InPlaceUpdate condition, the Machine's status or drain state.
+    #[error(transparent)]
+    Api(ApiError),
+    /// The drain before the update failed (cordon, an eviction, a listing).
+    #[error("{0}")]
+    Drain(String),
+}
+
 /// Why a MachineClass or Secret finalizer could not be brought in line.
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizerError {
@@ -183,6 +194,8 @@ pub enum ReconcileError {
     Health(#[from] HealthError),
     #[error(transparent)]
     NodeSync(ApiError),
+    #[error(transparent)]
+    InPlaceUpdate(#[from] InPlaceError),
     #[error("{source}")]
     Deletion {
         step: DeletionStep,
@@ -209,6 +222,8 @@ impl ReconcileError {
             E::Health(HealthError::ReplacementLimit { .. } | HealthError::PermitTimeout { .. }) => {
                 retry::SHORT
             }
+            E::InPlaceUpdate(InPlaceError::Api(api)) => api.retry_after(),
+            E::InPlaceUpdate(InPlaceError::Drain(_)) => retry::SHORT,
             E::Frozen | E::InvalidMachine(_) => retry::LONG,
             E::Class(error) => match error {
                 ClassError::NotFound { .. } | ClassError::SecretData(_) => retry::LONG,
@@ -262,6 +277,7 @@ impl ReconcileError {
             E::Creation(_) => "creation",
             E::Health(_) => "health",
             E::NodeSync(_) => "node_sync",
+            E::InPlaceUpdate(_) => "in_place_update",
             E::Deletion { .. } => "deletion",
             E::MachineClass(_) => "machine_class",
             E::Secret(_) => "secret",

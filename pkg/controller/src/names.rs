@@ -42,6 +42,35 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// evictions, volumes awaited) from one pass to the next.
 pub const DRAIN_STATE_ANNOTATION: &str = "kubevirt.provider.machine.sapcloud.io/drain-state";
 
+/// Node labels of MCM's in-place updates: the MachineDeployment controller marks a Node a
+/// candidate, then selects it (this sidecar drains it then); the agent on the Node reports
+/// the result ([`update_result`]), and a failure's reason in
+/// [`UPDATE_FAILED_REASON_ANNOTATION`].
+pub const CANDIDATE_FOR_UPDATE_LABEL: &str = "node.machine.sapcloud.io/candidate-for-update";
+pub const SELECTED_FOR_UPDATE_LABEL: &str = "node.machine.sapcloud.io/selected-for-update";
+pub const UPDATE_RESULT_LABEL: &str = "node.machine.sapcloud.io/update-result";
+pub const UPDATE_FAILED_REASON_ANNOTATION: &str = "node.machine.sapcloud.io/update-failed-reason";
+/// Machine label forcing the drain of an in-place update (value `True`, as MCM compares it).
+pub const FORCE_DRAIN_LABEL: &str = "force-drain";
+/// Node condition tracking an in-place update; its reason is the step ([`in_place_reason`]).
+pub const IN_PLACE_UPDATE_CONDITION: &str = "InPlaceUpdate";
+
+/// Values of [`UPDATE_RESULT_LABEL`].
+pub mod update_result {
+    pub const SUCCESSFUL: &str = "successful";
+    pub const FAILED: &str = "failed";
+}
+
+/// Reasons of the [`IN_PLACE_UPDATE_CONDITION`], in the order an update passes them.
+pub mod in_place_reason {
+    pub const CANDIDATE_FOR_UPDATE: &str = "CandidateForUpdate";
+    pub const SELECTED_FOR_UPDATE: &str = "SelectedForUpdate";
+    pub const DRAIN_SUCCESSFUL: &str = "DrainSuccessful";
+    pub const READY_FOR_UPDATE: &str = "ReadyForUpdate";
+    pub const UPDATE_SUCCESSFUL: &str = "UpdateSuccessful";
+    pub const UPDATE_FAILED: &str = "UpdateFailed";
+}
+
 /// `status.currentStatus.phase` values.
 pub mod phase {
     pub const PENDING: &str = "Pending";
@@ -51,6 +80,9 @@ pub mod phase {
     pub const UNKNOWN: &str = "Unknown";
     pub const FAILED: &str = "Failed";
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    pub const IN_PLACE_UPDATING: &str = "InPlaceUpdating";
+    pub const IN_PLACE_UPDATE_SUCCESSFUL: &str = "InPlaceUpdateSuccessful";
+    pub const IN_PLACE_UPDATE_FAILED: &str = "InPlaceUpdateFailed";
 }
 
 /// `status.lastOperation.state` values.
@@ -65,6 +97,8 @@ pub mod operation {
     pub const CREATE: &str = "Create";
     pub const DELETE: &str = "Delete";
     pub const HEALTH_CHECK: &str = "HealthCheck";
+    pub const IN_PLACE_UPDATE: &str = "InPlaceUpdate";
+    pub const DRAIN_NODE: &str = "DrainNode";
 }
 
 /// Deletion steps, persisted in `lastOperation.description` and matched by substring in

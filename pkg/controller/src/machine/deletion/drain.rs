@@ -35,7 +35,7 @@ use super::drain_plan::{
 };
 use crate::context::{Context, is_not_found};
 use crate::error::ApiError;
-use crate::machine::settings::{drain_timeout, elapsed_since, max_evict_retries};
+use crate::machine::settings::{drain_timeout, elapsed_since, elapsed_until, max_evict_retries};
 use crate::machine::status::phase_of;
 use crate::names::{
     DRAIN_STATE_ANNOTATION, FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION,
@@ -57,22 +57,38 @@ pub fn force_reason(machine: &Machine, timeout: Duration) -> Option<String> {
     if elapsed_since(machine.metadata.deletion_timestamp.as_ref()) > timeout {
         return Some(format!("drain timeout of {}s passed", timeout.as_secs()));
     }
+    node_unhealthy_reason(machine, Timestamp::now())
+}
+
+/// A node NotReady, or with a read-only filesystem, for over 5 minutes (by the conditions
+/// the Machine copied): its pods are deleted, not evicted, by either drain.
+pub fn node_unhealthy_reason(machine: &Machine, now: Timestamp) -> Option<String> {
     let conditions = machine
         .status
         .as_ref()
-        .and_then(|s| s.conditions.clone())
+        .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    for condition in conditions {
+    conditions.iter().find_map(|condition| {
         let bad = (condition.type_ == "Ready" && condition.status != "True")
             || (condition.type_ == "ReadonlyFilesystem" && condition.status != "False");
-        if bad && elapsed_since(condition.last_transition_time.as_ref()) > NOT_READY_FORCE_AFTER {
-            return Some(format!(
+        let long =
+            elapsed_until(condition.last_transition_time.as_ref(), now) > NOT_READY_FORCE_AFTER;
+        (bad && long).then(|| {
+            format!(
                 "node condition {} is {} for over 5min",
                 condition.type_, condition.status
-            ));
-        }
-    }
-    None
+            )
+        })
+    })
+}
+
+/// What a drain is for: deletion sets the node's Terminating condition and goes on past
+/// cordon failures when forced; the drain before an in-place update does neither (MCM's
+/// drainNodeForInPlace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainPurpose {
+    Deletion,
+    InPlaceUpdate,
 }
 
 /// Pods drain leaves alone: static (mirror) pods and DaemonSet pods.
@@ -411,21 +427,25 @@ async fn force_pass(client: &Client, pods: &[Pod]) -> Result<DrainProgress, Stri
     aggregate(&errors).map_or(Ok(DrainProgress::default()), Err)
 }
 
-/// Terminating condition and cordon; their failures only matter to an unforced drain.
+/// Terminating condition (deletion only) and cordon; their failures only matter to an
+/// unforced deletion drain and to every in-place drain.
 async fn prepare(
     nodes: &Api<Node>,
     node: &Node,
     machine: &Machine,
     force: bool,
+    purpose: DrainPurpose,
 ) -> Result<(), String> {
     let node_name = node.name_any();
-    if let Err(error) = mark_terminating(nodes, node, machine).await
-        && !force
+    let tolerate = force && purpose == DrainPurpose::Deletion;
+    if purpose == DrainPurpose::Deletion
+        && let Err(error) = mark_terminating(nodes, node, machine).await
+        && !tolerate
     {
         return Err(format!("update of node conditions failed: {error}"));
     }
     if let Err(error) = cordon(nodes, &node_name).await
-        && !force
+        && !tolerate
     {
         return Err(format!("cordoning node {node_name:?} failed: {error}"));
     }
@@ -486,6 +506,7 @@ pub async fn drain_pass(
     machine: &Machine,
     node_name: &str,
     force: bool,
+    purpose: DrainPurpose,
 ) -> DrainPass {
     let state = drain_state_of(machine);
     let failed = |error: String, state: DrainState| DrainPass {
@@ -509,7 +530,7 @@ pub async fn drain_pass(
         }
         Err(error) => return failed(format!("getting node {node_name:?}: {error}"), state),
     };
-    if let Err(error) = prepare(&nodes, &node, machine, force).await {
+    if let Err(error) = prepare(&nodes, &node, machine, force, purpose).await {
         return failed(error, state);
     }
     let drained = match drained_pods(&client, node_name).await {

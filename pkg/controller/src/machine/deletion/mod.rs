@@ -24,7 +24,7 @@ use crate::machine::status::{
 use crate::names::{MCM_FINALIZER, operation, phase, state};
 use crate::runtime::metrics::MachineDuration;
 use crate::util::finalizers::{has_finalizer, set_finalizer};
-use drain::{drain_pass, forced_drain, save_drain_state};
+use drain::{DrainPurpose, drain_pass, forced_drain, save_drain_state};
 pub use steps::{DeletionStep, KnownState, Transition};
 
 /// One deletion step for a machine with a deletionTimestamp.
@@ -124,7 +124,14 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Delet
         return persist(ctx, machine, skip).await;
     }
     let force = forced_drain(ctx, machine);
-    let pass = drain_pass(ctx, machine, &node_name, force.is_some()).await;
+    let pass = drain_pass(
+        ctx,
+        machine,
+        &node_name,
+        force.is_some(),
+        DrainPurpose::Deletion,
+    )
+    .await;
     // The state first: the status write below needs the Machine as stored.
     let machine = &save_drain_state(ctx, machine, &pass.state)
         .await
