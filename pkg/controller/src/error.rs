@@ -166,6 +166,17 @@ pub enum PreservationError {
     Drain { node: String, error: String },
 }
 
+/// A failed step of an in-place update; a failed drain is recorded in the status first.
+#[derive(Debug, thiserror::Error)]
+pub enum InPlaceError {
+    /// Writing the Node's InPlaceUpdate condition, the Machine's status or drain state.
+    #[error(transparent)]
+    Api(ApiError),
+    /// The drain before the update failed (cordon, an eviction, a listing).
+    #[error("{0}")]
+    Drain(String),
+}
+
 /// Why a MachineClass or Secret finalizer could not be brought in line.
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizerError {
@@ -195,6 +206,8 @@ pub enum ReconcileError {
     NodeSync(ApiError),
     #[error(transparent)]
     Preservation(#[from] PreservationError),
+    #[error(transparent)]
+    InPlaceUpdate(#[from] InPlaceError),
     #[error("{source}")]
     Deletion {
         step: DeletionStep,
@@ -223,6 +236,8 @@ impl ReconcileError {
             }
             E::Preservation(PreservationError::Api(api)) => api.retry_after(),
             E::Preservation(PreservationError::Drain { .. }) => retry::SHORT,
+            E::InPlaceUpdate(InPlaceError::Api(api)) => api.retry_after(),
+            E::InPlaceUpdate(InPlaceError::Drain(_)) => retry::SHORT,
             E::Frozen | E::InvalidMachine(_) => retry::LONG,
             E::Class(error) => match error {
                 ClassError::NotFound { .. } | ClassError::SecretData(_) => retry::LONG,
@@ -277,6 +292,7 @@ impl ReconcileError {
             E::Health(_) => "health",
             E::NodeSync(_) => "node_sync",
             E::Preservation(_) => "preservation",
+            E::InPlaceUpdate(_) => "in_place_update",
             E::Deletion { .. } => "deletion",
             E::MachineClass(_) => "machine_class",
             E::Secret(_) => "secret",

@@ -53,7 +53,8 @@ pub const LAST_APPLIED_NODE_PRESERVE_ANNOTATION: &str =
 pub const PRESERVED_TAINT: &str = "node.machine.sapcloud.io/preserved";
 /// Node condition reporting the preservation.
 pub const PRESERVED_CONDITION: &str = "Preserved";
-/// Machine label forcing the drain of a preserved machine's Node.
+/// Machine label forcing the drain of a preserved or in-place-updated machine's Node (value
+/// `True`, as MCM compares it).
 pub const FORCE_DRAIN_LABEL: &str = "force-drain";
 /// Node annotation keeping the cluster-autoscaler from scaling the Node down.
 pub const CA_SCALE_DOWN_DISABLED_ANNOTATION: &str =
@@ -61,6 +62,33 @@ pub const CA_SCALE_DOWN_DISABLED_ANNOTATION: &str =
 /// Node annotation saying MCM set the one above, so only then is it removed again.
 pub const CA_SCALE_DOWN_DISABLED_BY_MCM_ANNOTATION: &str =
     "cluster-autoscaler.kubernetes.io/scale-down-disabled-by-mcm";
+
+/// Node labels of MCM's in-place updates: the MachineDeployment controller marks a Node a
+/// candidate, then selects it (this sidecar drains it then); the agent on the Node reports
+/// the result ([`update_result`]), and a failure's reason in
+/// [`UPDATE_FAILED_REASON_ANNOTATION`].
+pub const CANDIDATE_FOR_UPDATE_LABEL: &str = "node.machine.sapcloud.io/candidate-for-update";
+pub const SELECTED_FOR_UPDATE_LABEL: &str = "node.machine.sapcloud.io/selected-for-update";
+pub const UPDATE_RESULT_LABEL: &str = "node.machine.sapcloud.io/update-result";
+pub const UPDATE_FAILED_REASON_ANNOTATION: &str = "node.machine.sapcloud.io/update-failed-reason";
+/// Node condition tracking an in-place update; its reason is the step ([`in_place_reason`]).
+pub const IN_PLACE_UPDATE_CONDITION: &str = "InPlaceUpdate";
+
+/// Values of [`UPDATE_RESULT_LABEL`].
+pub mod update_result {
+    pub const SUCCESSFUL: &str = "successful";
+    pub const FAILED: &str = "failed";
+}
+
+/// Reasons of the [`IN_PLACE_UPDATE_CONDITION`], in the order an update passes them.
+pub mod in_place_reason {
+    pub const CANDIDATE_FOR_UPDATE: &str = "CandidateForUpdate";
+    pub const SELECTED_FOR_UPDATE: &str = "SelectedForUpdate";
+    pub const DRAIN_SUCCESSFUL: &str = "DrainSuccessful";
+    pub const READY_FOR_UPDATE: &str = "ReadyForUpdate";
+    pub const UPDATE_SUCCESSFUL: &str = "UpdateSuccessful";
+    pub const UPDATE_FAILED: &str = "UpdateFailed";
+}
 
 /// `status.currentStatus.phase` values.
 pub mod phase {
@@ -71,6 +99,9 @@ pub mod phase {
     pub const UNKNOWN: &str = "Unknown";
     pub const FAILED: &str = "Failed";
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    pub const IN_PLACE_UPDATING: &str = "InPlaceUpdating";
+    pub const IN_PLACE_UPDATE_SUCCESSFUL: &str = "InPlaceUpdateSuccessful";
+    pub const IN_PLACE_UPDATE_FAILED: &str = "InPlaceUpdateFailed";
 }
 
 /// `status.lastOperation.state` values.
@@ -85,6 +116,8 @@ pub mod operation {
     pub const CREATE: &str = "Create";
     pub const DELETE: &str = "Delete";
     pub const HEALTH_CHECK: &str = "HealthCheck";
+    pub const IN_PLACE_UPDATE: &str = "InPlaceUpdate";
+    pub const DRAIN_NODE: &str = "DrainNode";
 }
 
 /// Deletion steps, persisted in `lastOperation.description` and matched by substring in

@@ -1,11 +1,13 @@
 //! The machine reconcile (MCM's `reconcileClusterMachineKey` and its termination twin):
-//! finalizer first, then deletion, freeze, health and node sync, then the creation flow.
+//! finalizer first, then deletion, freeze, health, node sync and in-place updates, then
+//! the creation flow.
 //! Each flow lives in a module of its own; this one only dispatches.
 
 pub mod bootstrap_token;
 pub mod creation;
 pub mod deletion;
 pub mod health;
+pub mod in_place;
 pub mod node_sync;
 pub mod preservation;
 pub mod settings;
@@ -21,6 +23,7 @@ use crate::error::{ApiError, ReconcileError, Requeue, retry};
 use crate::machine::creation::creation_flow;
 use crate::machine::deletion::deletion_flow;
 use crate::machine::health::reconcile_health;
+use crate::machine::in_place::reconcile_in_place;
 use crate::machine::node_sync::sync_node;
 use crate::machine::preservation::manage_preservation;
 use crate::machine::status::{node_name_of, phase_of};
@@ -82,7 +85,15 @@ pub async fn reconcile_machine(
             ControlFlow::Break(requeue) => return Ok(requeue),
             ControlFlow::Continue(after) => recheck = after,
         }
-        if let ControlFlow::Break(requeue) = sync_node(ctx, machine, &class, &node_name).await? {
+        let node = match sync_node(ctx, machine, &class, &node_name).await? {
+            ControlFlow::Break(requeue) => return Ok(requeue),
+            ControlFlow::Continue(node) => node,
+        };
+        if let Some(node) = node
+            && let ControlFlow::Break(mut requeue) = reconcile_in_place(ctx, machine, node).await?
+        {
+            // The InPlaceUpdating timeout's recheck is not to wait for the update's requeue.
+            requeue.after = recheck.map_or(requeue.after, |r| r.min(requeue.after));
             return Ok(requeue);
         }
     }

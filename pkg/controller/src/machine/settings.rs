@@ -43,6 +43,12 @@ pub fn health_timeout(machine: &Machine, options: &Options) -> Duration {
     spec_duration(machine, "healthTimeout").unwrap_or(options.machines.machine_health_timeout)
 }
 
+/// MCM's getEffectiveInPlaceUpdateTimeout: `spec.inPlaceUpdateTimeout` over the flag.
+pub fn in_place_update_timeout(machine: &Machine, options: &Options) -> Duration {
+    spec_duration(machine, "inPlaceUpdateTimeout")
+        .unwrap_or(options.machines.machine_inplace_update_timeout)
+}
+
 pub fn drain_timeout(machine: &Machine, options: &Options) -> Duration {
     spec_duration(machine, "drainTimeout").unwrap_or(options.machines.machine_drain_timeout)
 }
@@ -122,14 +128,22 @@ mod tests {
             creation_timeout(&m, &options),
             options.machines.machine_creation_timeout
         );
+        assert_eq!(
+            in_place_update_timeout(&m, &options),
+            Duration::from_secs(20 * 60)
+        );
         let m = machine(
-            json!({"creationTimeout": "5m", "healthTimeout": "1m", "drainTimeout": "30m",
+            json!({"creationTimeout": "5m", "healthTimeout": "1m", "drainTimeout": "30m", "inPlaceUpdateTimeout": "45m",
                    "maxEvictRetries": 3, "nodeConditions": "A,B", "disableHealthTimeout": true}),
             &[],
         );
         assert_eq!(creation_timeout(&m, &options), Duration::from_secs(300));
         assert_eq!(health_timeout(&m, &options), Duration::from_secs(60));
         assert_eq!(drain_timeout(&m, &options), Duration::from_secs(1800));
+        assert_eq!(
+            in_place_update_timeout(&m, &options),
+            Duration::from_secs(2700)
+        );
         assert_eq!(max_evict_retries(&m, &options), 3);
         assert_eq!(node_conditions(&m, &options), ["A", "B"]);
         assert!(health_timeout_disabled(&m));

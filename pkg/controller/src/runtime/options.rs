@@ -103,7 +103,7 @@ pub struct MachineLifecycle {
     /// Timeout used while draining a machine before deletion, beyond which the machine is force-deleted
     #[arg(long, default_value = "2h", value_parser = parse_go_duration)]
     pub machine_drain_timeout: Duration,
-    /// Timeout used while updating a machine in-place (accepted for compatibility; in-place updates are not supported)
+    /// Timeout of a machine's in-place update (from the drain's end), after which it is InPlaceUpdateFailed
     #[arg(long, default_value = "20m", value_parser = parse_go_duration)]
     pub machine_inplace_update_timeout: Duration,
     /// Maximum number of times evicts are attempted on a pod before it is forcibly deleted during drain
@@ -356,6 +356,10 @@ mod tests {
         );
         assert_eq!(o.machines.machine_max_evict_retries, 360);
         assert_eq!(
+            o.machines.machine_inplace_update_timeout,
+            Duration::from_secs(20 * 60)
+        );
+        assert_eq!(
             o.machines.machine_pv_detach_timeout,
             Duration::from_secs(120)
         );
@@ -481,6 +485,19 @@ mod tests {
         );
         assert!(parse(&["--address=not-an-ip"]).is_err());
         assert!(parse(&["--logging-format=xml"]).is_err());
+        // MCM's validation: the in-place update timeout must not be negative.
+        let error = parse(&["--machine-inplace-update-timeout=-1m"]).unwrap_err();
+        assert!(
+            error.to_string().contains("must not be negative"),
+            "{error}"
+        );
+        assert_eq!(
+            parse(&["--machine-inplace-update-timeout=45m"])
+                .unwrap()
+                .machines
+                .machine_inplace_update_timeout,
+            Duration::from_secs(45 * 60)
+        );
     }
 
     #[test]

@@ -35,71 +35,62 @@ use super::drain_plan::{
 };
 use crate::context::{Context, is_not_found};
 use crate::error::ApiError;
-use crate::machine::settings::{drain_timeout, elapsed_since, max_evict_retries};
+use crate::machine::settings::{drain_timeout, elapsed_since, elapsed_until, max_evict_retries};
 use crate::machine::status::phase_of;
 use crate::names::{
-    DRAIN_STATE_ANNOTATION, FORCE_DELETION_LABEL, FORCE_DRAIN_LABEL, MIRROR_POD_ANNOTATION,
-    TERMINATING_CONDITION,
+    DRAIN_STATE_ANNOTATION, FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION,
 };
 
 pub use super::drain_plan::PDB_RETRY;
 /// A node NotReady (or read-only) this long is drained by force.
 const NOT_READY_FORCE_AFTER: Duration = Duration::from_secs(5 * 60);
 
-/// What the drain is for, which decides how the Node is marked first and what forces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainPurpose {
-    /// Before the VM goes: Terminating condition and cordon; forced by `force-deletion`
-    /// or the drain timeout counted from the deletion.
-    Deletion,
-    /// A preserved Failed machine's Node, which the caller has tainted (a user's cordon
-    /// is left alone); forced by `force-drain` or the drain timeout counted from the
-    /// status's last update (MCM's stand-in for the time of failure).
-    Preservation,
-}
-
 /// Why the drain is forced, if it is.
-pub fn force_reason(machine: &Machine, timeout: Duration, purpose: DrainPurpose) -> Option<String> {
-    let (label, since) = match purpose {
-        DrainPurpose::Deletion => (
-            FORCE_DELETION_LABEL,
-            machine.metadata.deletion_timestamp.as_ref(),
-        ),
-        DrainPurpose::Preservation => (
-            FORCE_DRAIN_LABEL,
-            machine
-                .status
-                .as_ref()
-                .and_then(|s| s.current_status.as_ref())
-                .and_then(|c| c.last_update_time.as_ref()),
-        ),
-    };
+pub fn force_reason(machine: &Machine, timeout: Duration) -> Option<String> {
     let labels = machine.metadata.labels.clone().unwrap_or_default();
     if labels
-        .get(label)
+        .get(FORCE_DELETION_LABEL)
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
     {
-        return Some(format!("label {label} is set"));
+        return Some(format!("label {FORCE_DELETION_LABEL} is set"));
     }
-    if elapsed_since(since) > timeout {
+    if elapsed_since(machine.metadata.deletion_timestamp.as_ref()) > timeout {
         return Some(format!("drain timeout of {}s passed", timeout.as_secs()));
     }
+    node_unhealthy_reason(machine, Timestamp::now())
+}
+
+/// A node NotReady, or with a read-only filesystem, for over 5 minutes (by the conditions
+/// the Machine copied): its pods are deleted, not evicted, by either drain.
+pub fn node_unhealthy_reason(machine: &Machine, now: Timestamp) -> Option<String> {
     let conditions = machine
         .status
         .as_ref()
-        .and_then(|s| s.conditions.clone())
+        .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    for condition in conditions {
+    conditions.iter().find_map(|condition| {
         let bad = (condition.type_ == "Ready" && condition.status != "True")
             || (condition.type_ == "ReadonlyFilesystem" && condition.status != "False");
-        if bad && elapsed_since(condition.last_transition_time.as_ref()) > NOT_READY_FORCE_AFTER {
-            return Some(format!(
+        let long =
+            elapsed_until(condition.last_transition_time.as_ref(), now) > NOT_READY_FORCE_AFTER;
+        (bad && long).then(|| {
+            format!(
                 "node condition {} is {} for over 5min",
                 condition.type_, condition.status
-            ));
-        }
-    }
-    None
+            )
+        })
+    })
+}
+
+/// What a drain is for: deletion sets the node's Terminating condition and goes on past
+/// cordon failures when forced; the drain before an in-place update does neither (MCM's
+/// drainNodeForInPlace); a preserved Failed machine's Node is not cordoned at all, as its
+/// caller has tainted it (MCM's drainPreservedNode leaves a user's cordon alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainPurpose {
+    Deletion,
+    InPlaceUpdate,
+    Preservation,
 }
 
 /// Pods drain leaves alone: static (mirror) pods and DaemonSet pods.
@@ -438,21 +429,28 @@ async fn force_pass(client: &Client, pods: &[Pod]) -> Result<DrainProgress, Stri
     aggregate(&errors).map_or(Ok(DrainProgress::default()), Err)
 }
 
-/// Terminating condition and cordon; their failures only matter to an unforced drain.
+/// Terminating condition (deletion only) and cordon; their failures only matter to an
+/// unforced deletion drain and to every in-place drain.
 async fn prepare(
     nodes: &Api<Node>,
     node: &Node,
     machine: &Machine,
     force: bool,
+    purpose: DrainPurpose,
 ) -> Result<(), String> {
+    if purpose == DrainPurpose::Preservation {
+        return Ok(());
+    }
     let node_name = node.name_any();
-    if let Err(error) = mark_terminating(nodes, node, machine).await
-        && !force
+    let tolerate = force && purpose == DrainPurpose::Deletion;
+    if purpose == DrainPurpose::Deletion
+        && let Err(error) = mark_terminating(nodes, node, machine).await
+        && !tolerate
     {
         return Err(format!("update of node conditions failed: {error}"));
     }
     if let Err(error) = cordon(nodes, &node_name).await
-        && !force
+        && !tolerate
     {
         return Err(format!("cordoning node {node_name:?} failed: {error}"));
     }
@@ -537,9 +535,7 @@ pub async fn drain_pass(
         }
         Err(error) => return failed(format!("getting node {node_name:?}: {error}"), state),
     };
-    if purpose == DrainPurpose::Deletion
-        && let Err(error) = prepare(&nodes, &node, machine, force).await
-    {
+    if let Err(error) = prepare(&nodes, &node, machine, force, purpose).await {
         return failed(error, state);
     }
     let drained = match drained_pods(&client, node_name).await {
@@ -578,8 +574,8 @@ pub async fn drain_pass(
 }
 
 /// Why this machine's drain is forced, if it is (its drain timeout from spec or flag).
-pub fn forced_drain(ctx: &Context, machine: &Machine, purpose: DrainPurpose) -> Option<String> {
-    force_reason(machine, drain_timeout(machine, &ctx.options), purpose)
+pub fn forced_drain(ctx: &Context, machine: &Machine) -> Option<String> {
+    force_reason(machine, drain_timeout(machine, &ctx.options))
 }
 
 #[cfg(test)]
@@ -607,47 +603,22 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let mut machine = Machine::new("m", Default::default());
         machine.metadata.deletion_timestamp = Some(crate::machine::status::now());
-        assert_eq!(force_reason(&machine, hour, DrainPurpose::Deletion), None);
+        assert_eq!(force_reason(&machine, hour), None);
         machine.metadata.labels =
             Some([(FORCE_DELETION_LABEL.to_owned(), "True".to_owned())].into());
-        assert!(force_reason(&machine, hour, DrainPurpose::Deletion).is_some());
+        assert!(force_reason(&machine, hour).is_some());
         machine.metadata.labels = None;
         let old = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600),
         );
         machine.metadata.deletion_timestamp = Some(old.clone());
-        assert!(force_reason(&machine, Duration::from_secs(60), DrainPurpose::Deletion).is_some());
+        assert!(force_reason(&machine, Duration::from_secs(60)).is_some());
         machine.metadata.deletion_timestamp = Some(crate::machine::status::now());
         machine.status = Some(
             serde_json::from_value(json!({"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": old}]}))
             .unwrap(),
         );
-        assert!(
-            force_reason(&machine, hour, DrainPurpose::Deletion)
-                .unwrap()
-                .contains("Ready")
-        );
-        // A preservation drain counts from the status's last update and has its own label.
-        machine.status = Some(
-            serde_json::from_value(
-                json!({"currentStatus": {"phase": "Failed", "lastUpdateTime": old}}),
-            )
-            .unwrap(),
-        );
-        let minute = Duration::from_secs(60);
-        assert!(force_reason(&machine, minute, DrainPurpose::Preservation).is_some());
-        assert_eq!(
-            force_reason(&machine, hour, DrainPurpose::Preservation),
-            None
-        );
-        machine.metadata.labels =
-            Some([(FORCE_DELETION_LABEL.to_owned(), "True".to_owned())].into());
-        assert_eq!(
-            force_reason(&machine, hour, DrainPurpose::Preservation),
-            None
-        );
-        machine.metadata.labels = Some([(FORCE_DRAIN_LABEL.to_owned(), "True".to_owned())].into());
-        assert!(force_reason(&machine, hour, DrainPurpose::Preservation).is_some());
+        assert!(force_reason(&machine, hour).unwrap().contains("Ready"));
     }
 }

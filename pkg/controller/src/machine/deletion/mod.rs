@@ -123,7 +123,7 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Delet
         );
         return persist(ctx, machine, skip).await;
     }
-    let force = forced_drain(ctx, machine, DrainPurpose::Deletion);
+    let force = forced_drain(ctx, machine);
     let pass = drain_pass(
         ctx,
         machine,

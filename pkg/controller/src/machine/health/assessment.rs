@@ -4,14 +4,19 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineStatus};
 
+use crate::machine::in_place::plan::{update_failed_reason, update_result_of};
 use crate::machine::preservation::expiry_of;
 use crate::machine::settings::elapsed_until;
 use crate::machine::status::{current_status_at, last_operation_at, phase_of, status_of};
-use crate::names::{CRITICAL_COMPONENTS_NOT_READY_TAINT, operation, phase, state};
+use crate::names::{
+    CRITICAL_COMPONENTS_NOT_READY_TAINT, IN_PLACE_UPDATE_CONDITION, operation, phase, state,
+    update_result,
+};
 use crate::util::go_duration::format_go_duration;
 
 /// How soon a Pending or Unknown machine is looked at again for its timeout.
@@ -27,6 +32,8 @@ pub struct HealthInputs<'a> {
     pub creation_timeout: Duration,
     pub health_timeout: Duration,
     pub health_timeout_disabled: bool,
+    /// How long a machine may stay InPlaceUpdating.
+    pub in_place_update_timeout: Duration,
     pub now: Timestamp,
 }
 
@@ -80,10 +87,13 @@ pub fn assess(inputs: &HealthInputs) -> HealthAssessment {
         return HealthAssessment::NodeDeleted;
     }
     let mut status = status_of(inputs.machine);
-    let (changed, joined) = match inputs.node {
+    let (mut changed, joined) = match inputs.node {
         None => (missing_node(inputs, &mut status), None),
         Some(node) => present_node(inputs, node, &mut status),
     };
+    if !changed && let Some(node) = inputs.node {
+        changed = in_place_result(inputs, node, &mut status);
+    }
     if changed {
         return HealthAssessment::Changed {
             status: Box::new(status),
@@ -128,6 +138,10 @@ fn present_node(
         changed = true;
     }
     let current = phase_of(inputs.machine);
+    // MCM: while updated in place, or after a failed update, health says nothing definite.
+    if in_place_unsettled(current) {
+        return (changed, None);
+    }
     let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
     if !is_healthy(&conditions, inputs.problem_conditions) {
         if current == phase::RUNNING {
@@ -177,24 +191,68 @@ fn present_node(
     (true, joined)
 }
 
-/// Pending past the creation timeout, or Unknown past the health timeout, is Failed.
-fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment {
+/// An in-place update under way or failed: the phases health leaves alone.
+fn in_place_unsettled(current: &str) -> bool {
+    current == phase::IN_PLACE_UPDATING || current == phase::IN_PLACE_UPDATE_FAILED
+}
+
+/// The Node's update-result label settles an InPlaceUpdating (or failed) machine: success
+/// at any time, failure once.
+fn in_place_result(inputs: &HealthInputs, node: &Node, status: &mut MachineStatus) -> bool {
     let current = phase_of(inputs.machine);
-    let pending = current == phase::PENDING;
-    if !pending && current != phase::UNKNOWN {
-        return HealthAssessment::Unchanged { recheck: None };
+    if !in_place_unsettled(current) {
+        return false;
     }
-    let (limit, since) = if pending {
-        (
+    let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
+    let (new_phase, description, op_state) = match update_result_of(node) {
+        Some(update_result::SUCCESSFUL) => (
+            phase::IN_PLACE_UPDATE_SUCCESSFUL,
+            format!("Machine {name} successfully updated dependencies"),
+            state::SUCCESSFUL,
+        ),
+        Some(update_result::FAILED) if current != phase::IN_PLACE_UPDATE_FAILED => (
+            phase::IN_PLACE_UPDATE_FAILED,
+            format!(
+                "Machine {name} failed to update dependencies: {}",
+                update_failed_reason(node)
+            ),
+            state::FAILED,
+        ),
+        _ => return false,
+    };
+    let op_type = operation::IN_PLACE_UPDATE;
+    set(inputs, status, new_phase, description, op_state, op_type);
+    true
+}
+
+/// The timeout a phase runs against, and since when; none for phases without one.
+fn timeout_of<'a>(inputs: &'a HealthInputs, current: &str) -> Option<(Duration, Option<&'a Time>)> {
+    let last_update = inputs
+        .machine
+        .status
+        .as_ref()
+        .and_then(|s| s.current_status.as_ref())
+        .and_then(|c| c.last_update_time.as_ref());
+    match current {
+        phase::PENDING => Some((
             inputs.creation_timeout,
             inputs.machine.metadata.creation_timestamp.as_ref(),
-        )
-    } else {
-        let since = status
-            .current_status
-            .as_ref()
-            .and_then(|c| c.last_update_time.as_ref());
-        (inputs.health_timeout, since)
+        )),
+        phase::IN_PLACE_UPDATING => Some((inputs.in_place_update_timeout, last_update)),
+        phase::UNKNOWN | phase::IN_PLACE_UPDATE_FAILED => {
+            Some((inputs.health_timeout, last_update))
+        }
+        _ => None,
+    }
+}
+
+/// Pending past the creation timeout, or Unknown or InPlaceUpdateFailed past the health
+/// timeout, is Failed; InPlaceUpdating past the in-place update timeout is
+/// InPlaceUpdateFailed.
+fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment {
+    let current = phase_of(inputs.machine);
+    let Some((limit, since)) = timeout_of(inputs, current) else {
+        return HealthAssessment::Unchanged { recheck: None };
     };
     if elapsed_until(since, inputs.now) <= limit {
         return HealthAssessment::Unchanged {
@@ -202,11 +260,10 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
         };
     }
     let name = inputs.machine.metadata.name.as_deref().unwrap_or_default();
-    if pending {
-        let description = format!(
-            "Machine {name} failed to join the cluster in {} minutes.",
-            format_go_duration(limit)
-        );
+    let limit_text = format_go_duration(limit);
+    if current == phase::PENDING {
+        let description =
+            format!("Machine {name} failed to join the cluster in {limit_text} minutes.");
         let op_type = status
             .last_operation
             .as_ref()
@@ -220,18 +277,26 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
             state::FAILED,
             &op_type,
         );
-        return HealthAssessment::Changed {
-            status: Box::new(status),
-            joined: None,
-            failed_join: true,
-        };
+        return changed_to(status, true);
+    }
+    if current == phase::IN_PLACE_UPDATING {
+        let description =
+            format!("Machine {name} failed to in-place update in {limit_text} minutes.");
+        set(
+            inputs,
+            &mut status,
+            phase::IN_PLACE_UPDATE_FAILED,
+            description,
+            state::FAILED,
+            operation::IN_PLACE_UPDATE,
+        );
+        return changed_to(status, false);
     }
     if inputs.health_timeout_disabled {
         return HealthAssessment::Unchanged { recheck: None };
     }
     let description = format!(
-        "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
-        format_go_duration(limit),
+        "Machine {name} health checks failing since last {limit_text} minutes. Updating machine phase to Failed. Node Conditions: {}",
         describe_conditions(status.conditions.as_deref().unwrap_or_default())
     );
     set(
@@ -244,6 +309,14 @@ fn timeout(inputs: &HealthInputs, mut status: MachineStatus) -> HealthAssessment
     );
     HealthAssessment::Replace {
         status: Box::new(status),
+    }
+}
+
+fn changed_to(status: MachineStatus, failed_join: bool) -> HealthAssessment {
+    HealthAssessment::Changed {
+        status: Box::new(status),
+        joined: None,
+        failed_join,
     }
 }
 
@@ -276,17 +349,21 @@ fn set(
     ));
 }
 
-/// A condition added, removed or changed in status. Heartbeat times alone do not count:
-/// copying every kubelet heartbeat would rewrite each Machine every few minutes.
+/// A condition added, removed or changed in status (and the InPlaceUpdate condition in
+/// reason too: its reason is the update's step, which MCM's MachineDeployment controller
+/// reads from the Machine). Heartbeat times alone do not count: copying every kubelet
+/// heartbeat would rewrite each Machine every few minutes.
 pub fn conditions_changed(old: &[NodeCondition], new: &[NodeCondition]) -> bool {
-    let status_of = |list: &[NodeCondition], type_: &str| {
-        list.iter()
-            .find(|c| c.type_ == type_)
-            .map(|c| c.status.clone())
+    fn find<'a>(list: &'a [NodeCondition], type_: &str) -> Option<&'a NodeCondition> {
+        list.iter().find(|c| c.type_ == type_)
+    }
+    let differs = |before: &NodeCondition, now: &NodeCondition| {
+        before.status != now.status
+            || (now.type_ == IN_PLACE_UPDATE_CONDITION && before.reason != now.reason)
     };
     new.iter()
-        .any(|c| status_of(old, &c.type_).as_ref() != Some(&c.status))
-        || old.iter().any(|c| status_of(new, &c.type_).is_none())
+        .any(|c| find(old, &c.type_).is_none_or(|before| differs(before, c)))
+        || old.iter().any(|c| find(new, &c.type_).is_none())
 }
 
 /// Ready True and every configured problem condition False.
@@ -319,8 +396,8 @@ fn describe_conditions(conditions: &[NodeCondition]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{UPDATE_FAILED_REASON_ANNOTATION, UPDATE_RESULT_LABEL};
     use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus, Taint};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::SignedDuration;
 
     fn condition(type_: &str, status: &str) -> NodeCondition {
@@ -373,6 +450,7 @@ mod tests {
             creation_timeout: Duration::from_secs(20 * 60),
             health_timeout: Duration::from_secs(10 * 60),
             health_timeout_disabled: false,
+            in_place_update_timeout: Duration::from_secs(20 * 60),
             now: now(),
         }
     }
@@ -552,6 +630,167 @@ mod tests {
             assess(&inputs(&m, Some(&n), &[])),
             HealthAssessment::NodeDeleted
         );
+    }
+
+    /// A machine in `current` whose status already has the node's conditions, and the node
+    /// (Ready `ready`) with `labels`.
+    fn in_place(current: &str, ready: &str, labels: &[(&str, &str)]) -> (Machine, Node) {
+        let mut n = node(&[("Ready", ready)]);
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let mut m = machine(current, operation::IN_PLACE_UPDATE, state::PROCESSING, 600);
+        m.status.as_mut().unwrap().conditions = n.status.as_ref().unwrap().conditions.clone();
+        (m, n)
+    }
+
+    fn description(status: &MachineStatus) -> String {
+        status
+            .last_operation
+            .as_ref()
+            .and_then(|o| o.description.clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn health_leaves_an_updating_machine_alone_until_its_in_place_timeout() {
+        // Unhealthy while updating: not Unknown, only the in-place timeout runs.
+        let (mut m, n) = in_place(phase::IN_PLACE_UPDATING, "False", &[]);
+        assert_eq!(
+            assess(&inputs(&m, Some(&n), &[])),
+            HealthAssessment::Unchanged {
+                recheck: Some(TIMEOUT_RECHECK)
+            }
+        );
+        m.status.as_mut().unwrap().current_status = Some(current_status_at(
+            ago(21).0,
+            phase::IN_PLACE_UPDATING,
+            false,
+        ));
+        let (status, _, failed_join) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert!(!failed_join);
+        assert_eq!(phase(&status), "InPlaceUpdateFailed");
+        assert_eq!(
+            description(&status),
+            "Machine m1 failed to in-place update in 20m0s minutes."
+        );
+        let op = status.last_operation.unwrap();
+        assert_eq!(op.state.as_deref(), Some("Failed"));
+        assert_eq!(op.type_.as_deref(), Some("InPlaceUpdate"));
+        // Healthy while updating is not Running yet either.
+        let (m, n) = in_place(phase::IN_PLACE_UPDATING, "True", &[]);
+        assert!(matches!(
+            assess(&inputs(&m, Some(&n), &[])),
+            HealthAssessment::Unchanged { .. }
+        ));
+    }
+
+    #[test]
+    fn the_update_result_label_settles_the_machine() {
+        let (m, n) = in_place(
+            phase::IN_PLACE_UPDATING,
+            "True",
+            &[(UPDATE_RESULT_LABEL, "successful")],
+        );
+        let (status, ..) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), "InPlaceUpdateSuccessful");
+        assert_eq!(
+            description(&status),
+            "Machine m1 successfully updated dependencies"
+        );
+        assert_eq!(
+            status.last_operation.unwrap().state.as_deref(),
+            Some("Successful")
+        );
+
+        let (m, mut n) = in_place(
+            phase::IN_PLACE_UPDATING,
+            "True",
+            &[(UPDATE_RESULT_LABEL, "failed")],
+        );
+        n.metadata.annotations = Some(
+            [(
+                UPDATE_FAILED_REASON_ANNOTATION.to_owned(),
+                "os image rejected".to_owned(),
+            )]
+            .into(),
+        );
+        let (status, ..) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), "InPlaceUpdateFailed");
+        assert_eq!(
+            description(&status),
+            "Machine m1 failed to update dependencies: os image rejected"
+        );
+
+        // A late success still counts after a failure.
+        let (m, n) = in_place(
+            phase::IN_PLACE_UPDATE_FAILED,
+            "True",
+            &[(UPDATE_RESULT_LABEL, "successful")],
+        );
+        let (status, ..) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), "InPlaceUpdateSuccessful");
+    }
+
+    #[test]
+    fn a_failed_update_runs_against_the_health_timeout_and_is_replaced() {
+        let (mut m, n) = in_place(
+            phase::IN_PLACE_UPDATE_FAILED,
+            "True",
+            &[(UPDATE_RESULT_LABEL, "failed")],
+        );
+        assert_eq!(
+            assess(&inputs(&m, Some(&n), &[])),
+            HealthAssessment::Unchanged {
+                recheck: Some(TIMEOUT_RECHECK)
+            }
+        );
+        m.status.as_mut().unwrap().current_status = Some(current_status_at(
+            ago(11).0,
+            phase::IN_PLACE_UPDATE_FAILED,
+            false,
+        ));
+        let HealthAssessment::Replace { status } = assess(&inputs(&m, Some(&n), &[])) else {
+            panic!("a failed update past the health timeout is replaced");
+        };
+        assert_eq!(phase(&status), phase::FAILED);
+        let mut disabled = inputs(&m, Some(&n), &[]);
+        disabled.health_timeout_disabled = true;
+        assert_eq!(
+            assess(&disabled),
+            HealthAssessment::Unchanged { recheck: None }
+        );
+    }
+
+    #[test]
+    fn a_successfully_updated_machine_rejoins_as_running() {
+        let (m, n) = in_place(phase::IN_PLACE_UPDATE_SUCCESSFUL, "True", &[]);
+        let (status, joined, _) = changed(assess(&inputs(&m, Some(&n), &[])));
+        assert_eq!(phase(&status), phase::RUNNING);
+        assert_eq!(joined, None);
+        assert_eq!(
+            description(&status),
+            "Machine m1 successfully re-joined the cluster"
+        );
+    }
+
+    #[test]
+    fn the_in_place_condition_changes_with_its_reason() {
+        let with_reason = |type_: &str, reason: &str| NodeCondition {
+            reason: Some(reason.into()),
+            ..condition(type_, "True")
+        };
+        assert!(conditions_changed(
+            &[with_reason("InPlaceUpdate", "CandidateForUpdate")],
+            &[with_reason("InPlaceUpdate", "SelectedForUpdate")]
+        ));
+        assert!(!conditions_changed(
+            &[with_reason("Ready", "KubeletReady")],
+            &[with_reason("Ready", "KubeletHasSufficientMemory")]
+        ));
     }
 
     #[test]

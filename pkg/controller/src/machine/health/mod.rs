@@ -19,7 +19,8 @@ use crate::context::{Context, get_node, is_not_found};
 use crate::error::{ApiError, HealthError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::delete_bootstrap_token;
 use crate::machine::settings::{
-    creation_timeout, health_timeout, health_timeout_disabled, node_conditions,
+    creation_timeout, health_timeout, health_timeout_disabled, in_place_update_timeout,
+    node_conditions,
 };
 use crate::machine::status::{replace_machine, status_of, write_status};
 use crate::names::{DEPLOYMENT_NAME_LABEL, JOIN_DURATION_ANNOTATION, phase};
@@ -52,6 +53,7 @@ pub async fn reconcile_health(
         creation_timeout: creation_timeout(machine, &ctx.options),
         health_timeout: health_timeout(machine, &ctx.options),
         health_timeout_disabled: health_timeout_disabled(machine),
+        in_place_update_timeout: in_place_update_timeout(machine, &ctx.options),
         now: Timestamp::now(),
     };
     match assess(&inputs) {
@@ -177,10 +179,14 @@ fn log_transition(name: &str, status: &MachineStatus) {
         .as_ref()
         .and_then(|c| c.phase.as_deref())
         .unwrap_or_default();
-    if new_phase == phase::RUNNING {
-        info!(machine = %name, "{description}");
-    } else if new_phase == phase::UNKNOWN || new_phase == phase::FAILED {
-        warn!(machine = %name, "{description}");
+    match new_phase {
+        phase::RUNNING | phase::IN_PLACE_UPDATE_SUCCESSFUL => {
+            info!(machine = %name, "{description}")
+        }
+        phase::UNKNOWN | phase::FAILED | phase::IN_PLACE_UPDATE_FAILED => {
+            warn!(machine = %name, "{description}")
+        }
+        _ => {}
     }
 }
 

@@ -8,6 +8,7 @@ pub mod template;
 
 use std::ops::ControlFlow;
 
+use k8s_openapi::api::core::v1::Node;
 use kube::api::PostParams;
 use tracing::info;
 
@@ -20,24 +21,26 @@ use template::{
 };
 
 /// Syncs the machine's Node; a missing Node is not an error (it may not have joined yet).
-/// Breaks with the requeue after a write, so the next reconcile sees the written Node.
+/// Breaks with the requeue after a write, so the next reconcile sees the written Node;
+/// otherwise continues with the Node as read (none if missing or being deleted), so the
+/// steps after this one need not read it again.
 pub async fn sync_node(
     ctx: &Context,
     machine: &Machine,
     class: &MachineClass,
     node_name: &str,
-) -> Result<ControlFlow<Requeue>, ReconcileError> {
+) -> Result<ControlFlow<Requeue, Option<Node>>, ReconcileError> {
     let Some(nodes) = ctx.nodes() else {
-        return Ok(ControlFlow::Continue(()));
+        return Ok(ControlFlow::Continue(None));
     };
     let node = get_node(&nodes, node_name)
         .await
         .map_err(ReconcileError::NodeSync)?;
     let Some(mut node) = node else {
-        return Ok(ControlFlow::Continue(()));
+        return Ok(ControlFlow::Continue(None));
     };
     if node.metadata.deletion_timestamp.is_some() {
-        return Ok(ControlFlow::Continue(()));
+        return Ok(ControlFlow::Continue(None));
     }
     let failed = |what, error| ReconcileError::NodeSync(ApiError::new(what, error));
     let capacity = virtual_capacity_of(class.node_template.as_ref());
@@ -58,7 +61,7 @@ pub async fn sync_node(
             .map_err(|error| failed("node update failed", error))?;
     }
     if !(capacity_written || template_changed || recorded) {
-        return Ok(ControlFlow::Continue(()));
+        return Ok(ControlFlow::Continue(Some(node)));
     }
     info!(
         node = node_name,

@@ -7,7 +7,13 @@ use k8s_openapi::api::core::v1::NodeCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::names::{PRESERVED_CONDITION, phase};
+use std::time::Duration;
+
+use mcm_provider_kubevirt::mcm::Machine;
+
+use crate::machine::deletion::drain::node_unhealthy_reason;
+use crate::machine::settings::elapsed_until;
+use crate::names::{FORCE_DRAIN_LABEL, PRESERVED_CONDITION, phase};
 
 /// Condition reasons and messages, as MCM writes them (other tools match on them).
 pub const PRESERVED_BY_MCM: &str = "Preserved by MCM.";
@@ -177,6 +183,29 @@ pub fn drain_required(existing: Option<&NodeCondition>, machine_phase: &str) -> 
 /// Preservation is complete: the condition is True and no drain is owed.
 pub fn already_preserved(existing: Option<&NodeCondition>, machine_phase: &str) -> bool {
     existing.is_some_and(|c| c.status == "True") && !drain_required(existing, machine_phase)
+}
+
+/// Why the drain of a preserved machine's Node is forced, if it is (MCM's
+/// drainPreservedNode): the `force-drain=True` label, the drain timeout counted from the
+/// status's last update (MCM's stand-in for the time of failure), or a node unhealthy
+/// for over 5 minutes.
+pub fn force_reason(machine: &Machine, timeout: Duration, now: Timestamp) -> Option<String> {
+    let labels = machine.metadata.labels.as_ref();
+    if labels
+        .and_then(|l| l.get(FORCE_DRAIN_LABEL))
+        .is_some_and(|v| v == "True")
+    {
+        return Some(format!("label {FORCE_DRAIN_LABEL} is set"));
+    }
+    let last_update = machine
+        .status
+        .as_ref()
+        .and_then(|s| s.current_status.as_ref())
+        .and_then(|c| c.last_update_time.as_ref());
+    if elapsed_until(last_update, now) > timeout {
+        return Some(format!("drain timeout of {}s passed", timeout.as_secs()));
+    }
+    node_unhealthy_reason(machine, now)
 }
 
 /// How the drain of a preserved Failed machine's Node went.
@@ -411,6 +440,25 @@ mod tests {
         assert!(already_preserved(Some(&running), phase::RUNNING));
         assert!(!already_preserved(Some(&running), phase::FAILED));
         assert!(already_preserved(Some(&drained), phase::FAILED));
+    }
+
+    #[test]
+    fn a_preserved_drain_is_forced_by_its_label_or_the_drain_timeout() {
+        let hour = Duration::from_secs(3600);
+        let mut machine: Machine = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m"}, "spec": {"class": {"name": "c"}},
+            "status": {"currentStatus": {"phase": "Failed", "lastUpdateTime": Time(at(-600))}}
+        }))
+        .unwrap();
+        assert_eq!(force_reason(&machine, hour, at(0)), None);
+        assert!(force_reason(&machine, Duration::from_secs(60), at(0)).is_some());
+        // Deletion's label does not force it; its own does, spelt as MCM compares it.
+        machine.metadata.labels = Some([("force-deletion".to_owned(), "True".to_owned())].into());
+        assert_eq!(force_reason(&machine, hour, at(0)), None);
+        machine.metadata.labels = Some([(FORCE_DRAIN_LABEL.to_owned(), "true".to_owned())].into());
+        assert_eq!(force_reason(&machine, hour, at(0)), None);
+        machine.metadata.labels = Some([(FORCE_DRAIN_LABEL.to_owned(), "True".to_owned())].into());
+        assert!(force_reason(&machine, hour, at(0)).is_some());
     }
 
     #[test]

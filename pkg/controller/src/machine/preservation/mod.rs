@@ -25,8 +25,8 @@ use mcm_provider_kubevirt::mcm::Machine;
 
 use crate::context::{Context, get_node, is_not_found};
 use crate::error::{ApiError, PreservationError, Requeue, retry};
-use crate::machine::deletion::drain::{DrainPurpose, drain_pass, forced_drain, save_drain_state};
-use crate::machine::settings::preserve_timeout;
+use crate::machine::deletion::drain::{DrainPurpose, drain_pass, save_drain_state};
+use crate::machine::settings::{drain_timeout, preserve_timeout};
 use crate::machine::status::{continue_after_write, node_name_of, phase_of};
 use crate::names::{
     CA_SCALE_DOWN_DISABLED_ANNOTATION, CA_SCALE_DOWN_DISABLED_BY_MCM_ANNOTATION,
@@ -206,7 +206,8 @@ async fn drain_preserved(
     machine: &mut Machine,
     node_name: &str,
 ) -> Result<ControlFlow<Requeue, Result<(), String>>, PreservationError> {
-    let force = forced_drain(ctx, machine, DrainPurpose::Preservation);
+    let timeout = drain_timeout(machine, &ctx.options);
+    let force = decision::force_reason(machine, timeout, Timestamp::now());
     let purpose = DrainPurpose::Preservation;
     let pass = drain_pass(ctx, machine, node_name, force.is_some(), purpose).await;
     *machine = save_drain_state(ctx, machine, &pass.state).await?;
