@@ -353,6 +353,36 @@ async fn without_a_target_cluster_machines_become_available() {
             .is_none()
     );
     assert!(world.server.names(KUBE_SYSTEM_SECRETS).is_empty());
+    // Without Nodes, the Machine says where the VM is (MCM's buildAddressStatus): what
+    // CreateMachine reported once is kept beside what GetMachineStatus reports now.
+    let addresses: Vec<k8s_openapi::api::core::v1::NodeAddress> =
+        serde_json::from_value(world.status("m-1", "/addresses")).unwrap();
+    assert_eq!(
+        addresses,
+        [
+            node_address("ExternalIP", CREATE_ADDRESS),
+            node_address("Hostname", "m-1"),
+            node_address("InternalIP", STATUS_ADDRESS),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn with_a_target_cluster_addresses_are_left_to_the_node() {
+    let world = world();
+    world.server.insert(
+        MACHINES,
+        machine_json(
+            "m-1",
+            json!({"metadata": {"finalizers": ["machine.sapcloud.io/machine-controller-manager"]}}),
+        ),
+    );
+    world
+        .reconcile_until("m-1", 6, |w| {
+            w.status("m-1", "/currentStatus/phase") == "Pending"
+        })
+        .await;
+    assert_eq!(world.status("m-1", "/addresses"), serde_json::Value::Null);
 }
 
 /// Status fields this sidecar does not model, as a newer MCM writes them.

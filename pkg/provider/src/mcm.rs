@@ -77,7 +77,10 @@ pub struct MachineStatus {
     pub current_status: Option<CurrentStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_known_state: Option<String>,
-    /// `addresses` and whatever MCM adds next.
+    /// Where the VM is reached; written only without a target cluster (MCM's rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<k8s_openapi::api::core::v1::NodeAddress>>,
+    /// Whatever MCM adds next.
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: BTreeMap<String, serde_json::Value>,

@@ -174,6 +174,10 @@ pub fn keep_unknown_fields(stored: Option<&MachineStatus>, new: &mut MachineStat
     }
     let Some(stored) = stored else { return };
     keep(&stored.extra, &mut new.extra);
+    // Only the creation flow sets addresses (without a target cluster); no write drops them.
+    if new.addresses.is_none() {
+        new.addresses = stored.addresses.clone();
+    }
     if let (Some(old), Some(op)) = (&stored.last_operation, &mut new.last_operation) {
         keep(&old.extra, &mut op.extra);
     }

@@ -107,6 +107,17 @@ impl FakeDriver {
     }
 }
 
+/// The address the fake CreateMachine reports, and the one GetMachineStatus reports.
+pub const CREATE_ADDRESS: &str = "192.0.2.10";
+pub const STATUS_ADDRESS: &str = "10.0.0.7";
+
+pub fn node_address(type_: &str, address: &str) -> k8s_openapi::api::core::v1::NodeAddress {
+    k8s_openapi::api::core::v1::NodeAddress {
+        type_: type_.into(),
+        address: address.into(),
+    }
+}
+
 fn name_of(request: &MachineRequest) -> String {
     request.machine.metadata.name.clone().unwrap_or_default()
 }
@@ -129,7 +140,8 @@ impl Driver for FakeDriver {
             provider_id,
             node_name: name,
             last_known_state: "created".into(),
-            addresses: vec![],
+            // Reported by CreateMachine only, as some providers do.
+            addresses: vec![node_address("ExternalIP", CREATE_ADDRESS)],
         })
     }
     async fn initialize_machine(
@@ -159,7 +171,7 @@ impl Driver for FakeDriver {
             Some(id) => Ok(GetMachineStatusResponse {
                 provider_id: id.clone(),
                 node_name: name,
-                addresses: vec![],
+                addresses: vec![node_address("InternalIP", STATUS_ADDRESS)],
             }),
             None => Err(MachineError::not_found(format!(
                 "machine {name:?} not found"

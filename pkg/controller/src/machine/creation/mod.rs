@@ -8,7 +8,7 @@ pub mod plan;
 
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{NodeAddress, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
@@ -18,15 +18,18 @@ use mcm_provider_kubevirt::driver::MachineRequest;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
 use crate::context::Context;
-use crate::error::{CreationError, ReconcileError, Requeue, retry};
+use crate::error::{ApiError, CreationError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::prepare_user_data;
 use crate::machine::settings::{creation_timeout, elapsed_since};
 use crate::machine::status::{
-    current_status, last_operation, replace_machine, status_of, update_machine_status,
+    current_status, last_operation, replace_machine, status_of, update_machine_status, write_status,
 };
 use crate::names::{operation, phase, state};
 use crate::runtime::metrics::MachineDuration;
-use plan::{NextStep, VmIdentity, after_status, create_failure, created_status, failure_phase};
+use plan::{
+    NextStep, VmIdentity, address_status, after_status, create_failure, created_status,
+    failure_phase,
+};
 
 /// The creation flow for a machine without a providerID, or in phase "" or CrashLoopBackOff.
 pub async fn creation_flow(
@@ -84,7 +87,12 @@ async fn record_and_finish(
             machine: recorded.unwrap_or_else(|| machine.clone()),
             ..request
         };
-        initialize_vm(ctx, &request).await?;
+        let initialized = initialize_vm(ctx, &request).await?;
+        if ctx.target.is_none() {
+            // Without a Node to read them from, the Machine reports where the VM is.
+            let reported = [vm.addresses.as_slice(), initialized.as_slice()].concat();
+            record_addresses(ctx, &request.machine, &reported, &vm.node_name).await?;
+        }
         return Ok(Requeue::after(
             retry::SHORT,
             "machine creation in process. Machine initialization (if required) is successful",
@@ -96,16 +104,61 @@ async fn record_and_finish(
             "machine creation in process. Machine labels/annotations update is successful",
         ));
     }
-    set_created(ctx, machine).await
+    set_created(ctx, machine, vm).await
 }
 
-/// Pending (Available without a target cluster) once the VM is recorded.
-async fn set_created(ctx: &Context, machine: &Machine) -> Result<Requeue, ReconcileError> {
+/// The Machine's `status.addresses` with `reported` merged in (MCM: only without a target).
+fn merged_addresses(
+    machine: &Machine,
+    reported: &[NodeAddress],
+    node_name: &str,
+) -> Vec<NodeAddress> {
+    let recorded = status_of(machine).addresses.unwrap_or_default();
+    address_status(&recorded, reported, node_name)
+}
+
+async fn record_addresses(
+    ctx: &Context,
+    machine: &Machine,
+    reported: &[NodeAddress],
+    node_name: &str,
+) -> Result<(), ReconcileError> {
+    let mut status = status_of(machine);
+    status.addresses = Some(merged_addresses(machine, reported, node_name));
+    write_status(ctx, machine, status).await.map_err(|error| {
+        CreationError::Api(ApiError::new(
+            "failed to persist status addresses after initialization was successful",
+            error,
+        ))
+    })?;
+    Ok(())
+}
+
+/// Pending once the VM is recorded; without a target cluster Available, with the VM's
+/// addresses.
+async fn set_created(
+    ctx: &Context,
+    machine: &Machine,
+    vm: &VmIdentity,
+) -> Result<Requeue, ReconcileError> {
     let Some((operation, current)) =
         created_status(machine, ctx.target.is_some(), Timestamp::now())
     else {
         return Ok(Requeue::after(retry::LONG, "machine created"));
     };
+    if ctx.target.is_none() {
+        let mut status = status_of(machine);
+        status.last_operation = Some(operation);
+        status.current_status = Some(current);
+        status.addresses = Some(merged_addresses(machine, &vm.addresses, &vm.node_name));
+        write_status(ctx, machine, status).await.map_err(|error| {
+            CreationError::Api(ApiError::new("Machine/status UPDATE failed", error))
+        })?;
+        return Ok(Requeue::after(
+            retry::SHORT,
+            "machine creation in process. Machine/Status UPDATE successful",
+        ));
+    }
     let known = status_of(machine).last_known_state;
     update_machine_status(ctx, machine, operation, current, known)
         .await
@@ -155,6 +208,7 @@ async fn create(ctx: &Context, request: &MachineRequest) -> Result<VmIdentity, R
     Ok(VmIdentity {
         node_name: created.node_name,
         provider_id: created.provider_id,
+        addresses: created.addresses,
     })
 }
 
@@ -179,8 +233,11 @@ async fn create_failed(ctx: &Context, machine: &Machine, error: MachineError) ->
 }
 
 /// Runs InitializeMachine; Unimplemented counts as done, and is timed like a success as
-/// MCM times it.
-async fn initialize_vm(ctx: &Context, request: &MachineRequest) -> Result<(), ReconcileError> {
+/// MCM times it. Returns the addresses the driver reported.
+async fn initialize_vm(
+    ctx: &Context,
+    request: &MachineRequest,
+) -> Result<Vec<NodeAddress>, ReconcileError> {
     let started = Instant::now();
     let result = ctx.driver.initialize_machine(request).await;
     let done = match &result {
@@ -207,7 +264,8 @@ async fn initialize_vm(ctx: &Context, request: &MachineRequest) -> Result<(), Re
                 .map_err(CreationError::Api)?;
             Err(CreationError::Initialize(error).into())
         }
-        _ => Ok(()),
+        Ok(response) => Ok(response.addresses),
+        Err(_) => Ok(Vec::new()),
     }
 }
 

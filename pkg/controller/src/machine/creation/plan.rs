@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::NodeAddress;
 use k8s_openapi::jiff::Timestamp;
 
 use mcm_provider_kubevirt::driver::GetMachineStatusResponse;
@@ -14,11 +15,34 @@ use crate::machine::settings::elapsed_until;
 use crate::machine::status::{current_status_at, last_operation_at, node_name_of, phase_of};
 use crate::names::{MACHINE_PRIORITY_ANNOTATION, NODE_LABEL, operation, phase, state, step};
 
-/// Where a VM is: its node name and providerID.
+/// Where a VM is: its node name, providerID and the addresses the driver reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VmIdentity {
     pub node_name: String,
     pub provider_id: String,
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// MCM's `buildAddressStatus`: the addresses recorded before (CreateMachine and
+/// InitializeMachine report some only once), those reported now, and the node name as
+/// Hostname; deduplicated and sorted by type then address, as MCM compares them.
+pub fn address_status(
+    recorded: &[NodeAddress],
+    reported: &[NodeAddress],
+    node_name: &str,
+) -> Vec<NodeAddress> {
+    let hostname = (!node_name.is_empty()).then(|| NodeAddress {
+        type_: "Hostname".to_owned(),
+        address: node_name.to_owned(),
+    });
+    let mut addresses: Vec<NodeAddress> = Vec::new();
+    for address in recorded.iter().chain(reported).cloned().chain(hostname) {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses.sort_by_key(|a| format!("{}{}", a.type_, a.address));
+    addresses
 }
 
 /// What to do after GetMachineStatus.
@@ -42,6 +66,7 @@ pub fn after_status(
             vm: VmIdentity {
                 node_name: found.node_name,
                 provider_id: found.provider_id,
+                addresses: found.addresses,
             },
             initialize: false,
         },
@@ -59,6 +84,7 @@ pub fn after_status(
                     vm: VmIdentity {
                         node_name: node_name_of(machine),
                         provider_id: known,
+                        addresses: Vec::new(),
                     },
                     initialize: false,
                 }
@@ -70,6 +96,7 @@ pub fn after_status(
                 vm: VmIdentity {
                     node_name: found.node_name,
                     provider_id: found.provider_id,
+                    addresses: found.addresses,
                 },
                 initialize: true,
             }
@@ -254,7 +281,8 @@ mod tests {
             NextStep::Record {
                 vm: VmIdentity {
                     node_name: String::new(),
-                    provider_id: "kubevirt://m1".into()
+                    provider_id: "kubevirt://m1".into(),
+                    addresses: vec![],
                 },
                 initialize: false
             }
@@ -292,6 +320,7 @@ mod tests {
         let vm = VmIdentity {
             node_name: "n1".into(),
             provider_id: "kubevirt://m1".into(),
+            addresses: vec![],
         };
         let updated = with_vm_recorded(&machine(None), &vm, true).unwrap();
         assert_eq!(updated.metadata.labels.as_ref().unwrap()[NODE_LABEL], "n1");
@@ -313,17 +342,43 @@ mod tests {
         assert!(is_incomplete(
             &VmIdentity {
                 node_name: String::new(),
-                provider_id: "p".into()
+                provider_id: "p".into(),
+                addresses: vec![],
             },
             true
         ));
         assert!(!is_incomplete(
             &VmIdentity {
                 node_name: String::new(),
-                provider_id: "p".into()
+                provider_id: "p".into(),
+                addresses: vec![],
             },
             false
         ));
+    }
+
+    #[test]
+    fn addresses_keep_what_was_recorded_add_the_hostname_and_sort_as_mcm() {
+        let address = |t: &str, a: &str| NodeAddress {
+            type_: t.into(),
+            address: a.into(),
+        };
+        let recorded = [address("InternalIP", "10.0.0.9")];
+        let reported = [
+            address("InternalIP", "10.0.0.7"),
+            address("InternalIP", "10.0.0.9"),
+            address("ExternalIP", "192.0.2.1"),
+        ];
+        assert_eq!(
+            address_status(&recorded, &reported, "m1"),
+            [
+                address("ExternalIP", "192.0.2.1"),
+                address("Hostname", "m1"),
+                address("InternalIP", "10.0.0.7"),
+                address("InternalIP", "10.0.0.9"),
+            ]
+        );
+        assert_eq!(address_status(&[], &[], ""), []);
     }
 
     #[test]
