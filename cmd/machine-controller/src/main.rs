@@ -80,8 +80,13 @@ fn run_sidecar(options: Options, retired_flags: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let driver = Arc::new(mcm_provider_kubevirt::kubevirt_driver());
-    match runtime.block_on(mcm_machine_controller::runtime::run::run(options, driver)) {
+    // The driver reports each request to a provider cluster to the metrics /metrics serves.
+    let metrics = Arc::new(mcm_machine_controller::runtime::metrics::Metrics::new());
+    let driver = Arc::new(mcm_provider_kubevirt::observed_kubevirt_driver(
+        metrics.clone(),
+    ));
+    let run = mcm_machine_controller::runtime::run::run_with_metrics(options, driver, metrics);
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");

@@ -177,7 +177,7 @@ struct CheckedClients(FakeApiServer);
 #[async_trait]
 impl ClientFactory for CheckedClients {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
-        KubeconfigClientFactory.client(access).await?;
+        KubeconfigClientFactory::default().client(access).await?;
         Ok(self.0.client(&access.namespace))
     }
 }

@@ -27,5 +27,14 @@ pub use provider_spec::KubeVirtProviderSpec;
 
 /// The driver as the sidecar runs it: KubeVirt SPI with clients from the provider secret.
 pub fn kubevirt_driver() -> MachinePlugin<KubeVirtSpi<KubeconfigClientFactory>> {
-    MachinePlugin::new(KubeVirtSpi::new(KubeconfigClientFactory))
+    MachinePlugin::new(KubeVirtSpi::new(KubeconfigClientFactory::default()))
+}
+
+/// The same driver, every request to a provider cluster reported to `observer`.
+pub fn observed_kubevirt_driver(
+    observer: std::sync::Arc<dyn kubevirt::api_calls::ApiCallObserver>,
+) -> MachinePlugin<KubeVirtSpi<KubeconfigClientFactory>> {
+    MachinePlugin::new(KubeVirtSpi::new(KubeconfigClientFactory::observed(
+        observer,
+    )))
 }

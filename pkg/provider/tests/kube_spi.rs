@@ -459,7 +459,7 @@ users: [{{name: u, user: {{token: s3cr3t-token}}}}]
         ownership: ownership("m-1"),
         access: ClusterAccess::from_data(&data).unwrap(),
     };
-    let error = KubeVirtSpi::new(KubeconfigClientFactory)
+    let error = KubeVirtSpi::new(KubeconfigClientFactory::default())
         .get_machine_status(&machine)
         .await
         .unwrap_err();
@@ -468,4 +468,52 @@ users: [{{name: u, user: {{token: s3cr3t-token}}}}]
     assert!(text.contains("API server unreachable"), "{text}");
     assert!(text.to_lowercase().contains("connection refused"), "{text}");
     assert!(!text.contains("s3cr3t-token"), "{text}");
+}
+
+/// The observed factory's clients report each request (here a refused one, as failed),
+/// which is what the sidecar's `mcm_cloud_api_requests*` metrics count.
+#[tokio::test]
+async fn an_observed_client_reports_every_request() {
+    use mcm_provider_kubevirt::kubevirt::api_calls::ApiCallObserver;
+    use mcm_provider_kubevirt::kubevirt::kube_spi::KubeconfigClientFactory;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, bool)>>);
+    impl ApiCallObserver for Recorder {
+        fn observe(&self, service: &str, _elapsed: std::time::Duration, failed: bool) {
+            self.0.lock().unwrap().push((service.to_owned(), failed));
+        }
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = format!(
+        "apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {NS}}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+"
+    );
+    let data = BTreeMap::from([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))]);
+    let machine = MachineRef {
+        ownership: ownership("m-1"),
+        access: ClusterAccess::from_data(&data).unwrap(),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let factory = KubeconfigClientFactory::observed(recorder.clone());
+    let _ = KubeVirtSpi::new(factory).get_machine_status(&machine).await;
+    let recorded = recorder.0.lock().unwrap().clone();
+    assert!(!recorded.is_empty());
+    assert!(
+        recorded
+            .iter()
+            .all(|(service, failed)| service == "virtualmachines" && *failed),
+        "{recorded:?}"
+    );
 }

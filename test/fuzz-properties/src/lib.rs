@@ -146,7 +146,9 @@ pub fn kubeconfig(data: &[u8]) {
     match ClusterAccess::from_data(&secret_data) {
         Ok(access) => {
             assert!(!access.namespace.is_empty());
-            if let Err(error) = runtime().block_on(KubeconfigClientFactory.client(&access)) {
+            if let Err(error) =
+                runtime().block_on(KubeconfigClientFactory::default().client(&access))
+            {
                 panic!("a kubeconfig that validates builds no client: {error}");
             }
         }

@@ -120,10 +120,19 @@ pub struct Metrics {
     failed_join: Family<Labels, UnsuffixedCounter>,
     driver_duration: Family<Labels, Histogram, fn() -> Histogram>,
     driver_failed: Family<Labels, Counter>,
+    cloud_api_requests: Family<Labels, Counter>,
+    cloud_api_failed: Family<Labels, Counter>,
+    cloud_api_duration: Family<Labels, Histogram, fn() -> Histogram>,
     scrape_failures: Family<Labels, Counter>,
     scrapes: Family<Labels, Counter>,
     scrapes_in_flight: Gauge,
     reconciles: Family<Labels, Counter>,
+}
+
+impl mcm_provider_kubevirt::kubevirt::api_calls::ApiCallObserver for Metrics {
+    fn observe(&self, service: &str, elapsed: Duration, failed: bool) {
+        self.cloud_api_call(service, elapsed, failed);
+    }
 }
 
 impl Default for Metrics {
@@ -198,6 +207,24 @@ fn register_other_families(registry: &mut Registry, metrics: &Metrics) {
     );
     register_exact(
         registry,
+        "mcm_cloud_api_requests",
+        "Number of Cloud Service API requests, partitioned by provider, and service.",
+        metrics.cloud_api_requests.clone(),
+    );
+    register_exact(
+        registry,
+        "mcm_cloud_api_requests_failed",
+        "Number of Failed Cloud Service API requests, partitioned by provider, and service.",
+        metrics.cloud_api_failed.clone(),
+    );
+    register_exact(
+        registry,
+        "mcm_cloud_api_api_request_duration_seconds",
+        "Time(in seconds) it takes for a provider API request to complete",
+        metrics.cloud_api_duration.clone(),
+    );
+    register_exact(
+        registry,
         "mcm_misc_scrape_failure",
         "Total count of scrape failures.",
         metrics.scrape_failures.clone(),
@@ -235,6 +262,9 @@ impl Metrics {
             failed_join: Family::default(),
             driver_duration: Family::new_with_constructor(new_histogram),
             driver_failed: Family::default(),
+            cloud_api_requests: Family::default(),
+            cloud_api_failed: Family::default(),
+            cloud_api_duration: Family::new_with_constructor(new_histogram),
             scrape_failures: Family::default(),
             scrapes: Family::default(),
             scrapes_in_flight: Gauge::default(),
@@ -307,6 +337,23 @@ impl Metrics {
             let mut labels = labels;
             labels.push(("error_code".to_owned(), code.to_owned()));
             self.driver_failed.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Records one request to a provider cluster (MCM's cloud API metrics; the duration,
+    /// as in MCM, of successful requests only).
+    pub fn cloud_api_call(&self, service: &str, elapsed: Duration, failed: bool) {
+        let labels = vec![
+            ("provider".to_owned(), PROVIDER.to_owned()),
+            ("service".to_owned(), service.to_owned()),
+        ];
+        self.cloud_api_requests.get_or_create(&labels).inc();
+        if failed {
+            self.cloud_api_failed.get_or_create(&labels).inc();
+        } else {
+            self.cloud_api_duration
+                .get_or_create(&labels)
+                .observe(elapsed.as_secs_f64());
         }
     }
 
@@ -566,7 +613,7 @@ mod tests {
     /// Every family MCM's provider sidecar exports, with its type and help text as MCM
     /// registers them. OpenMetrics names a counter family without `_total` in HELP/TYPE;
     /// the samples carry it, so the series names are MCM's.
-    const MCM_FAMILIES: [(&str, &str, &str); 13] = [
+    const MCM_FAMILIES: [(&str, &str, &str); 16] = [
         (
             "mcm_machine_items_total",
             "gauge",
@@ -628,6 +675,21 @@ mod tests {
             "Number of failed Driver API requests, partitioned by provider, operation and error code",
         ),
         (
+            "mcm_cloud_api_requests",
+            "counter",
+            "Number of Cloud Service API requests, partitioned by provider, and service.",
+        ),
+        (
+            "mcm_cloud_api_requests_failed",
+            "counter",
+            "Number of Failed Cloud Service API requests, partitioned by provider, and service.",
+        ),
+        (
+            "mcm_cloud_api_api_request_duration_seconds",
+            "histogram",
+            "Time(in seconds) it takes for a provider API request to complete",
+        ),
+        (
             "mcm_misc_scrape_failure",
             "counter",
             "Total count of scrape failures.",
@@ -649,6 +711,8 @@ mod tests {
             Duration::from_millis(120),
             Some("Internal"),
         );
+        metrics.cloud_api_call("virtualmachines", Duration::from_millis(30), false);
+        metrics.cloud_api_call("virtualmachines", Duration::from_millis(30), true);
         for kind in [
             MachineDuration::Create,
             MachineDuration::Initialize,
@@ -705,6 +769,10 @@ mod tests {
             "mcm_cloud_api_driver_requests_failed_total{provider=\"kubevirt\",operation=\"CreateMachine\",error_code=\"Internal\"} 1".to_owned(),
             "mcm_cloud_api_driver_request_duration_seconds_bucket{le=\"0.25\",provider=\"kubevirt\",operation=\"CreateMachine\"} 1".to_owned(),
             "mcm_cloud_api_driver_request_duration_seconds_bucket{le=\"0.1\",provider=\"kubevirt\",operation=\"CreateMachine\"} 0".to_owned(),
+            "mcm_cloud_api_requests_total{provider=\"kubevirt\",service=\"virtualmachines\"} 2".to_owned(),
+            "mcm_cloud_api_requests_failed_total{provider=\"kubevirt\",service=\"virtualmachines\"} 1".to_owned(),
+            // Only the successful request is timed, as in MCM.
+            "mcm_cloud_api_api_request_duration_seconds_count{provider=\"kubevirt\",service=\"virtualmachines\"} 1".to_owned(),
             "mcm_misc_scrape_failure_total{binary=\"machine-controller-manager-provider\",kind=\"Machine-count\"} 1".to_owned(),
             "promhttp_metric_handler_requests_total{code=\"200\"} 1".to_owned(),
             "promhttp_metric_handler_requests_total{code=\"503\"} 0".to_owned(),

@@ -113,7 +113,11 @@ fn error_policy<K>(_: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Acti
 }
 
 /// Builds the clients and checks both API servers, failing with the server named.
-pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<Context>, RunError> {
+pub async fn connect(
+    options: &Options,
+    driver: Arc<dyn Driver>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Context>, RunError> {
     let (control_config, target_config) = configs(options).await?;
     let control_url = control_config.cluster_url.to_string();
     let control = client("--control-kubeconfig", control_config, options)?;
@@ -127,7 +131,6 @@ pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<C
         }
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let driver: Arc<dyn Driver> = Arc::new(InstrumentedDriver::new(driver, metrics.clone()));
     let ctx = Arc::new(Context::new(
         control,
@@ -154,7 +157,17 @@ pub async fn connect(options: &Options, driver: Arc<dyn Driver>) -> Result<Arc<C
 
 /// Runs the sidecar until a controller stops or leadership is lost.
 pub async fn run(options: Options, driver: Arc<dyn Driver>) -> Result<(), RunError> {
-    let ctx = connect(&options, driver).await?;
+    run_with_metrics(options, driver, Arc::new(Metrics::new())).await
+}
+
+/// [`run`] with the metrics the driver reports its provider requests to (see
+/// [`Metrics`]' `ApiCallObserver`), which must be the ones `/metrics` serves.
+pub async fn run_with_metrics(
+    options: Options,
+    driver: Arc<dyn Driver>,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
+    let ctx = connect(&options, driver, metrics).await?;
     let namespace = options.clusters.namespace.clone();
 
     let machine_controller = Controller::new(ctx.machines(), watcher::Config::default());

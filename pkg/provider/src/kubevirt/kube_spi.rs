@@ -6,11 +6,13 @@
 //! changed or deleted unless this provider's labels say it made it for this machine.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{NodeAddress, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::client::ClientBuilder;
 use kube::config::KubeConfigOptions;
 use kube::{Client, Config, Resource, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachineinstances::VirtualMachineInstance;
@@ -20,6 +22,7 @@ use tracing::debug;
 
 use crate::codes::MachineCode;
 use crate::field::FieldError;
+use crate::kubevirt::api_calls::{ApiCallObserver, ObservedLayer};
 use crate::kubevirt::ownership::{
     MACHINE_LABEL, Owner, Ownership, cluster_selector, encode_provider_id, user_data_secret_name,
 };
@@ -35,9 +38,28 @@ pub trait ClientFactory: Send + Sync {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError>;
 }
 
-/// Builds clients from the kubeconfig in the provider secret.
-#[derive(Debug, Clone, Default)]
-pub struct KubeconfigClientFactory;
+/// Builds clients from the kubeconfig in the provider secret, each request reported to
+/// the observer when there is one (the sidecar's cloud API metrics).
+#[derive(Clone, Default)]
+pub struct KubeconfigClientFactory {
+    observer: Option<Arc<dyn ApiCallObserver>>,
+}
+
+impl KubeconfigClientFactory {
+    pub fn observed(observer: Arc<dyn ApiCallObserver>) -> Self {
+        KubeconfigClientFactory {
+            observer: Some(observer),
+        }
+    }
+}
+
+impl std::fmt::Debug for KubeconfigClientFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeconfigClientFactory")
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
 
 #[async_trait]
 impl ClientFactory for KubeconfigClientFactory {
@@ -61,7 +83,15 @@ impl ClientFactory for KubeconfigClientFactory {
         .map_err(|_| unusable("loading the client configuration"))?;
         // Validation rejects what is known to make kube panic here (a token that is no
         // header value); a panic from anything it missed still must not end the sidecar.
-        std::panic::catch_unwind(|| Client::try_from(config))
+        let observer = self.observer.clone();
+        let build = move || -> Result<Client, kube::Error> {
+            let builder = ClientBuilder::try_from(config)?;
+            Ok(match observer {
+                Some(observer) => builder.with_layer(&ObservedLayer::new(observer)).build(),
+                None => builder.build(),
+            })
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
             .map_err(|_| unusable("building the client"))?
             .map_err(|_| unusable("building the client"))
     }
