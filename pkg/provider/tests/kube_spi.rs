@@ -434,12 +434,8 @@ async fn ssh_keys_with_a_shell_script_user_data_fail_before_any_write() {
     assert!(server.requests().is_empty());
 }
 
-/// A provider cluster that refuses connections: the error says so, not only "client
-/// error (Connect)", since it is what an operator reads in the Machine's lastOperation.
-#[tokio::test]
-async fn an_unreachable_server_is_named_with_the_cause() {
-    use mcm_provider_kubevirt::kubevirt::kube_spi::KubeconfigClientFactory;
-
+/// Machine `m-1` on a provider cluster that refuses connections (a port nobody listens on).
+fn unreachable_machine(token: &str) -> MachineRef {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -451,14 +447,23 @@ kind: Config
 current-context: c
 clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]
 contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {NS}}}}}]
-users: [{{name: u, user: {{token: s3cr3t-token}}}}]
+users: [{{name: u, user: {{token: {token}}}}}]
 "
     );
     let data = BTreeMap::from([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))]);
-    let machine = MachineRef {
+    MachineRef {
         ownership: ownership("m-1"),
         access: ClusterAccess::from_data(&data).unwrap(),
-    };
+    }
+}
+
+/// A provider cluster that refuses connections: the error says so, not only "client
+/// error (Connect)", since it is what an operator reads in the Machine's lastOperation.
+#[tokio::test]
+async fn an_unreachable_server_is_named_with_the_cause() {
+    use mcm_provider_kubevirt::kubevirt::kube_spi::KubeconfigClientFactory;
+
+    let machine = unreachable_machine("s3cr3t-token");
     let error = KubeVirtSpi::new(KubeconfigClientFactory::default())
         .get_machine_status(&machine)
         .await
@@ -486,25 +491,7 @@ async fn an_observed_client_reports_every_request() {
         }
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kubeconfig = format!(
-        "apiVersion: v1
-kind: Config
-current-context: c
-clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]
-contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {NS}}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-"
-    );
-    let data = BTreeMap::from([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))]);
-    let machine = MachineRef {
-        ownership: ownership("m-1"),
-        access: ClusterAccess::from_data(&data).unwrap(),
-    };
+    let machine = unreachable_machine("t");
     let recorder = Arc::new(Recorder::default());
     let factory = KubeconfigClientFactory::observed(recorder.clone());
     let _ = KubeVirtSpi::new(factory).get_machine_status(&machine).await;
