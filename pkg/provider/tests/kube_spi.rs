@@ -441,11 +441,16 @@ fn unreachable_machine(token: &str) -> MachineRef {
         .local_addr()
         .unwrap()
         .port();
+    machine_at(&format!("http://127.0.0.1:{port}"), token)
+}
+
+/// Machine `m-1` on the provider cluster at `url`, through a kubeconfig as users write it.
+fn machine_at(url: &str, token: &str) -> MachineRef {
     let kubeconfig = format!(
         "apiVersion: v1
 kind: Config
 current-context: c
-clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]
+clusters: [{{name: c, cluster: {{server: '{url}'}}}}]
 contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {NS}}}}}]
 users: [{{name: u, user: {{token: {token}}}}}]
 "
@@ -503,4 +508,36 @@ async fn an_observed_client_reports_every_request() {
             .all(|(service, failed)| service == "virtualmachines" && *failed),
         "{recorded:?}"
     );
+}
+
+/// A busy provider API server (503) is answered Unavailable after one request, for MCM's
+/// requeue to retry: kube's default in-client retry (15 attempts over minutes) is off.
+#[tokio::test]
+async fn a_busy_provider_cluster_is_answered_after_one_request() {
+    use mcm_provider_kubevirt::kubevirt::kube_spi::KubeconfigClientFactory;
+
+    let server = FakeApiServer::new();
+    server.set_fault(|request, _| {
+        request.path.contains("/virtualmachines").then(|| {
+            kube_fake::Fault::Status(
+                503,
+                "the server is currently unable to handle the request".into(),
+            )
+        })
+    });
+    let url = server.listen().await.unwrap();
+    let spi = KubeVirtSpi::new(KubeconfigClientFactory::default());
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        spi.get_machine_status(&machine_at(&url, "t")),
+    )
+    .await
+    .expect("the 503 is not answered at once: the client retries it");
+    assert_eq!(answer.unwrap_err().code(), MachineCode::Unavailable);
+    let requests = server
+        .request_lines()
+        .into_iter()
+        .filter(|line| line.contains("/virtualmachines"))
+        .count();
+    assert_eq!(requests, 1, "{:?}", server.request_lines());
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, Pod, Secret, ServiceAccount};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
     PatchParams, PostParams,
@@ -28,6 +28,8 @@ use mcm_provider_kubevirt::kubevirt::ownership::{
     CLUSTER_LABEL, MACHINE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
+
+use crate::kubelet::FakeKubelet;
 
 /// MCM's finalizer on Machines and MachineClasses.
 pub const MCM_FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
@@ -64,6 +66,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The condition of `type_` of `node`, if it has one.
+pub fn node_condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == type_))
 }
 
 /// A port nothing listens on right now.
@@ -204,9 +214,17 @@ impl Bed {
 
     /// A Machine of `class`, as a user applies it.
     pub async fn create_machine(&self, name: &str, class: &str) -> Machine {
+        self.create_machine_with(name, class, json!({})).await
+    }
+
+    /// A Machine of `class` with `spec` merged into its spec (timeouts, for instance).
+    pub async fn create_machine_with(&self, name: &str, class: &str, spec: Value) -> Machine {
         let mut machine = Machine::new(name, Default::default());
         machine.spec.class.kind = Some("MachineClass".into());
         machine.spec.class.name = class.into();
+        if let Value::Object(fields) = spec {
+            machine.spec.extra.extend(fields);
+        }
         self.machines()
             .create(&PostParams::default(), &machine)
             .await
@@ -229,6 +247,87 @@ impl Bed {
         ];
         args.extend(extra.iter().cloned());
         Sidecar::start(name, &args, port)
+    }
+
+    /// The Machine `name`, for a check (`eventually`) to retry on any error.
+    pub async fn machine(&self, name: &str) -> Result<Machine, String> {
+        self.machines().get(name).await.map_err(|e| e.to_string())
+    }
+
+    /// The Node `name`, for a check to retry on any error.
+    pub async fn node(&self, name: &str) -> Result<Node, String> {
+        self.nodes().get(name).await.map_err(|e| e.to_string())
+    }
+
+    /// The start of a scenario about a joined machine: the provider Secret `cloud`, the
+    /// class `class`, the sidecar, a fake kubelet, and the Machine `name` (`spec` merged
+    /// into its spec) Running on its Ready Node `name`.
+    pub async fn running_machine(&self, name: &str, spec: Value) -> (Sidecar, FakeKubelet) {
+        let kubeconfig = self.provider_kubeconfig();
+        self.create_provider_secret("cloud", &kubeconfig).await;
+        self.create_class("class", "cloud").await;
+        let sidecar = self.sidecar("sidecar", &[]);
+        let kubelet = FakeKubelet::start(self.client.clone(), &self.namespace);
+        self.create_machine_with(name, "class", spec).await;
+        self.wait_for_phase(name, "Running", PATIENCE).await;
+        (sidecar, kubelet)
+    }
+
+    /// The phase of the Machine `name` ("" while it has none).
+    pub async fn machine_phase(&self, name: &str) -> Result<String, String> {
+        let machine = self.machine(name).await?;
+        Ok(machine
+            .status
+            .and_then(|s| s.current_status)
+            .and_then(|c| c.phase)
+            .unwrap_or_default())
+    }
+
+    /// Waits until the Machine `name` is in `phase`.
+    pub async fn wait_for_phase(&self, name: &str, phase: &str, patience: Duration) {
+        eventually(&format!("machine {name} {phase}"), patience, || async {
+            match self.machine_phase(name).await? {
+                current if current == phase => Ok(()),
+                current => Err(format!("phase {current:?}")),
+            }
+        })
+        .await;
+    }
+
+    /// Merges `patch` into the Node `name`, as a user or another controller edits it.
+    pub async fn patch_node(&self, name: &str, patch: Value) -> Node {
+        self.nodes()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap_or_else(|e| panic!("node {name} patched: {e}"))
+    }
+
+    /// A Pod `name` bound to the Node `node` as the scheduler binds it (`spec.nodeName`),
+    /// with the default termination grace period; its "kubelet" is the scenario's
+    /// [`FakeKubelet`](crate::kubelet::FakeKubelet). Created once the namespace's default
+    /// ServiceAccount exists, which admission requires.
+    pub async fn create_pod_on(&self, name: &str, node: &str, labels: Value) -> Pod {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.7"}],
+            },
+        }))
+        .expect("a Pod");
+        let accounts = self.api::<ServiceAccount>();
+        eventually("the default ServiceAccount", PATIENCE, || async {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not created yet".into()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
+        self.api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("pod {name} created: {e}"))
     }
 
     /// Ok once `name` is created as CreateMachine and MCM's creation flow leave it: the
@@ -419,6 +518,15 @@ impl Bed {
             strip_finalizers(&api, &ListParams::default()).await;
         }
         strip_finalizers(&self.secrets(), &ListParams::default()).await;
+        // Pods bound to a scenario's Nodes have no kubelet left to finish a graceful
+        // deletion, which would hold the namespace Terminating.
+        let _ = self
+            .api::<Pod>()
+            .delete_collection(
+                &DeleteParams::default().grace_period(0),
+                &ListParams::default(),
+            )
+            .await;
         let ours = ListParams::default().labels(&format!("{SCENARIO_LABEL}={}", self.namespace));
         strip_finalizers(&self.nodes(), &ours).await;
         let _ = self

@@ -269,6 +269,47 @@ impl FakeApiServer {
         })
     }
 
+    /// Serves the store over plain HTTP on a loopback port until the runtime ends, and
+    /// returns its URL: for clients built from a `kube::Config` as the sidecar builds its
+    /// own, with every layer kube's builder adds (the in-process [`Self::client`] has none).
+    /// A transport fault ([`Fault::Drop`], [`Fault::Timeout`]) answers 502 there.
+    pub async fn listen(&self) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = self.clone();
+        let router = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let server = server.clone();
+            async move { server.over_http(request).await }
+        });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(url)
+    }
+
+    async fn over_http(&self, request: axum::extract::Request) -> axum::response::Response {
+        let failed = |error: String| {
+            let mut response = axum::response::Response::new(axum::body::Body::from(error));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            response
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(error) => return failed(error.to_string()),
+        };
+        let response = match self
+            .handle(Request::from_parts(parts, Body::from(bytes)))
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return failed(error.to_string()),
+        };
+        let (parts, body) = response.into_parts();
+        match body.collect_bytes().await {
+            Ok(bytes) => axum::response::Response::from_parts(parts, axum::body::Body::from(bytes)),
+            Err(error) => failed(error.to_string()),
+        }
+    }
+
     /// Puts an object into the store directly, as if another actor had created it.
     /// `collection` is e.g. `/apis/kubevirt.io/v1/namespaces/vms/virtualmachines`.
     pub fn insert(&self, collection: &str, mut object: Value) {

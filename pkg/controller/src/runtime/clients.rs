@@ -103,11 +103,18 @@ pub fn rate_limit(qps: f32, burst: u32) -> RateLimitLayer {
 }
 
 /// A client of one cluster, rate-limited by the flags.
+///
+/// Without kube's default retry, which repeats every 429, 503 and 504 up to 15 times
+/// with a backoff growing to minutes: an eviction a PodDisruptionBudget refuses is a 429
+/// (without Retry-After), and the drain must see it at once to count it and try again on
+/// its own schedule, not stall a worker for minutes. client-go retries only answers with
+/// Retry-After; here every such answer fails the reconcile, which is requeued.
 pub fn client(
     flag: &'static str,
-    config: Config,
+    mut config: Config,
     options: &Options,
 ) -> Result<Client, ClientError> {
+    config.default_retry = false;
     let builder =
         ClientBuilder::try_from(config).map_err(|source| ClientError::Client { flag, source })?;
     Ok(builder

@@ -81,6 +81,10 @@ impl ClientFactory for KubeconfigClientFactory {
         )
         .await
         .map_err(|_| unusable("loading the client configuration"))?;
+        // No retries inside the client (kube retries 429/503/504 for minutes by default):
+        // the driver answers Unavailable and MCM's requeue retries, as with client-go.
+        let mut config = config;
+        config.default_retry = false;
         // Validation rejects what is known to make kube panic here (a token that is no
         // header value); a panic from anything it missed still must not end the sidecar.
         let observer = self.observer.clone();
