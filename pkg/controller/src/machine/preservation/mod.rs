@@ -58,22 +58,34 @@ fn condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
         .and_then(|c| c.iter().find(|c| c.type_ == type_))
 }
 
+/// The Node as the decision sees it. `found` is None when no Node is named (or there is
+/// no target cluster), Some(None) when the named one does not exist. A Node that could
+/// not be read counts as unannotated: that matters only to a preservation-bound machine,
+/// which then fails with the read error.
+fn node_annotation(found: &Option<Option<Node>>, unreadable: bool) -> NodeAnnotation<'_> {
+    match found {
+        _ if unreadable => NodeAnnotation::Found(None),
+        None => NodeAnnotation::NoNode,
+        Some(None) => NodeAnnotation::NodeNotFound,
+        Some(Some(node)) => NodeAnnotation::Found(
+            node.annotations()
+                .get(PRESERVE_ANNOTATION)
+                .map(String::as_str),
+        ),
+    }
+}
+
 /// MCM's manageMachinePreservation, run for every machine not being deleted.
 pub async fn manage_preservation(ctx: &Context, original: &Machine) -> Flow {
     let machine = original;
     let node_name = node_name_of(machine);
     let nodes = ctx.nodes();
-    let mut lookup_error = None;
-    // None: no Node named (or no target cluster); Some(None): named but not found.
-    let found: Option<Option<Node>> = match (&nodes, node_name.is_empty()) {
+    let (found, lookup_error) = match (&nodes, node_name.is_empty()) {
         (Some(nodes), false) => match get_node(nodes, &node_name).await {
-            Ok(found) => Some(found),
-            Err(error) => {
-                lookup_error = Some(error);
-                Some(None)
-            }
+            Ok(found) => (Some(found), None),
+            Err(error) => (Some(None), Some(error)),
         },
-        _ => None,
+        _ => (None, None),
     };
     let node = found.as_ref().and_then(Option::as_ref);
     let annotations = machine.annotations();
@@ -82,17 +94,7 @@ pub async fn manage_preservation(ctx: &Context, original: &Machine) -> Flow {
         last_applied_node_value: annotations
             .get(LAST_APPLIED_NODE_PRESERVE_ANNOTATION)
             .map_or("", String::as_str),
-        node: match (&found, &lookup_error) {
-            // Not knowing the Node matters only to a machine that is preservation-bound.
-            (_, Some(_)) => NodeAnnotation::Found(None),
-            (None, _) => NodeAnnotation::NoNode,
-            (Some(None), _) => NodeAnnotation::NodeNotFound,
-            (Some(Some(node)), _) => NodeAnnotation::Found(
-                node.annotations()
-                    .get(PRESERVE_ANNOTATION)
-                    .map(String::as_str),
-            ),
-        },
+        node: node_annotation(&found, lookup_error.is_some()),
         phase: phase_of(machine),
         expiry: expiry_of(machine),
         now: Timestamp::now(),
