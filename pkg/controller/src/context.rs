@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 use mcm_provider_kubevirt::Driver;
@@ -20,6 +21,27 @@ pub async fn get_node(nodes: &Api<Node>, name: &str) -> Result<Option<Node>, Api
         .get_opt(name)
         .await
         .map_err(|error| ApiError::new(format!("getting node {name:?}"), error))
+}
+
+/// The Node's condition of `type_`, if it has one.
+pub fn node_condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == type_))
+}
+
+/// Sets one condition of the Node; a strategic merge by type keeps the kubelet's others.
+pub async fn set_node_condition(
+    nodes: &Api<Node>,
+    node_name: &str,
+    condition: NodeCondition,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"status": {"conditions": [condition]}});
+    nodes
+        .patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map(drop)
 }
 
 pub fn is_not_found(error: &kube::Error) -> bool {

@@ -117,6 +117,14 @@ async fn preserve_now_keeps_a_running_machine_and_marks_its_node() {
         .filter(|l| !l.starts_with("GET"))
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
+    // Preservation decides on the Node node sync already read, without reading it again.
+    let node_reads = world
+        .server
+        .request_lines()
+        .into_iter()
+        .filter(|l| l == &format!("GET {NODES}/m-1"))
+        .count();
+    assert_eq!(node_reads, 2, "{:?}", world.server.request_lines());
 }
 
 #[tokio::test]

@@ -80,6 +80,8 @@ pub async fn reconcile_machine(
     let node_name = node_name_of(machine);
     let current = phase_of(machine);
     let mut recheck = None;
+    // The Node as the steps above last read it, so preservation need not read it again.
+    let mut known_node = None;
     if !node_name.is_empty() && !current.is_empty() {
         match reconcile_health(ctx, machine, &node_name, &class).await? {
             ControlFlow::Break(requeue) => return Ok(requeue),
@@ -89,15 +91,18 @@ pub async fn reconcile_machine(
             ControlFlow::Break(requeue) => return Ok(requeue),
             ControlFlow::Continue(node) => node,
         };
-        if let Some(node) = node
-            && let ControlFlow::Break(mut requeue) = reconcile_in_place(ctx, machine, node).await?
-        {
-            // The InPlaceUpdating timeout's recheck is not to wait for the update's requeue.
-            requeue.after = recheck.map_or(requeue.after, |r| r.min(requeue.after));
-            return Ok(requeue);
+        if let Some(node) = node {
+            match reconcile_in_place(ctx, machine, node).await? {
+                ControlFlow::Break(mut requeue) => {
+                    // The InPlaceUpdating timeout's recheck is not to wait for the update's requeue.
+                    requeue.after = recheck.map_or(requeue.after, |r| r.min(requeue.after));
+                    return Ok(requeue);
+                }
+                ControlFlow::Continue(node) => known_node = Some(node),
+            }
         }
     }
-    if let ControlFlow::Break(requeue) = manage_preservation(ctx, machine).await? {
+    if let ControlFlow::Break(requeue) = manage_preservation(ctx, machine, known_node).await? {
         return Ok(requeue);
     }
     let provider_id = machine.spec.provider_id.as_deref().unwrap_or_default();

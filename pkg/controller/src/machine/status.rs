@@ -246,6 +246,25 @@ pub async fn replace_machine(ctx: &Context, machine: &Machine) -> Result<Machine
         .map_err(|error| ApiError::new("Machine UPDATE failed", error))
 }
 
+/// Merges `annotations` (null removes a key) into the Machine's, leaving the rest of it
+/// alone; `action` names the write in the error.
+pub async fn patch_machine_annotations(
+    ctx: &Context,
+    machine: &Machine,
+    annotations: Value,
+    action: &str,
+) -> Result<Machine, ApiError> {
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    ctx.machines()
+        .patch(
+            &machine.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .map_err(|error| ApiError::new(action, error))
+}
+
 /// The short requeue MCM answers after a successful write, to continue from the new state.
 pub fn continue_after_write(reason: impl Into<String>) -> Requeue {
     Requeue::after(retry::SHORT, reason)

@@ -33,10 +33,10 @@ use super::drain_plan::{
     detach_deadline, detach_wait, evict_retries, is_misconfigured, misconfigured_error,
     next_attempt, own_claims, pod_key, split_by_claims, terminating_condition,
 };
-use crate::context::{Context, is_not_found};
+use crate::context::{Context, is_not_found, node_condition, set_node_condition};
 use crate::error::ApiError;
 use crate::machine::settings::{drain_timeout, elapsed_since, elapsed_until, max_evict_retries};
-use crate::machine::status::phase_of;
+use crate::machine::status::{patch_machine_annotations, phase_of};
 use crate::names::{
     DRAIN_STATE_ANNOTATION, FORCE_DELETION_LABEL, MIRROR_POD_ANNOTATION, TERMINATING_CONDITION,
 };
@@ -143,24 +143,12 @@ async fn mark_terminating(
     node: &Node,
     machine: &Machine,
 ) -> Result<(), kube::Error> {
-    let existing = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == TERMINATING_CONDITION));
+    let existing = node_condition(node, TERMINATING_CONDITION);
     let now = crate::machine::status::now();
     let Some(condition) = terminating_condition(phase_of(machine), existing, now) else {
         return Ok(());
     };
-    let patch = json!({"status": {"conditions": [condition]}});
-    nodes
-        .patch_status(
-            &node.name_any(),
-            &PatchParams::default(),
-            &Patch::Strategic(patch),
-        )
-        .await
-        .map(|_| ())
+    set_node_condition(nodes, &node.name_any(), condition).await
 }
 
 async fn cordon(nodes: &Api<Node>, node_name: &str) -> Result<(), kube::Error> {
@@ -494,15 +482,14 @@ pub async fn save_drain_state(
     if machine.annotations().get(DRAIN_STATE_ANNOTATION) == wanted.as_ref() {
         return Ok(machine.clone());
     }
-    let patch = json!({"metadata": {"annotations": {DRAIN_STATE_ANNOTATION: wanted}}});
-    ctx.machines()
-        .patch(
-            &machine.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-        .map_err(|error| ApiError::new("Machine drain state UPDATE failed", error))
+    let annotations = json!({DRAIN_STATE_ANNOTATION: wanted});
+    patch_machine_annotations(
+        ctx,
+        machine,
+        annotations,
+        "Machine drain state UPDATE failed",
+    )
+    .await
 }
 
 /// One drain pass over the node.

@@ -36,9 +36,9 @@ pub async fn reconcile_in_place(
     ctx: &Context,
     machine: &Machine,
     node: Node,
-) -> Result<ControlFlow<Requeue>, ReconcileError> {
+) -> Result<ControlFlow<Requeue, Node>, ReconcileError> {
     let Some(nodes) = ctx.nodes() else {
-        return Ok(ControlFlow::Continue(()));
+        return Ok(ControlFlow::Continue(node));
     };
     let mut node = node;
     if let Some(wanted) = condition_for_labels(&node, Timestamp::now()) {
@@ -47,7 +47,8 @@ pub async fn reconcile_in_place(
     }
     let node_name = node.name_any();
     match step_for(in_place_condition(&node)) {
-        InPlaceStep::Nothing => Ok(ControlFlow::Continue(())),
+        // The Node as it now is, for the steps after this one.
+        InPlaceStep::Nothing => Ok(ControlFlow::Continue(node)),
         InPlaceStep::AwaitUpdate => Ok(ControlFlow::Break(await_update(&node_name))),
         InPlaceStep::MarkReady => {
             mark_ready(&nodes, node).await?;

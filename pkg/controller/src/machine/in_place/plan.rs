@@ -23,14 +23,7 @@ use crate::names::{
 
 /// The Node's InPlaceUpdate condition, if it has one.
 pub fn in_place_condition(node: &Node) -> Option<&NodeCondition> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|conditions| {
-            conditions
-                .iter()
-                .find(|c| c.type_ == IN_PLACE_UPDATE_CONDITION)
-        })
+    crate::context::node_condition(node, IN_PLACE_UPDATE_CONDITION)
 }
 
 fn reason_of(condition: Option<&NodeCondition>) -> &str {

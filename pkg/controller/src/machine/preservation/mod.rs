@@ -23,11 +23,13 @@ use tracing::{info, warn};
 
 use mcm_provider_kubevirt::mcm::Machine;
 
-use crate::context::{Context, get_node, is_not_found};
+use crate::context::{Context, get_node, is_not_found, node_condition, set_node_condition};
 use crate::error::{ApiError, PreservationError, Requeue, retry};
 use crate::machine::deletion::drain::{DrainPurpose, drain_pass, save_drain_state};
 use crate::machine::settings::{drain_timeout, preserve_timeout};
-use crate::machine::status::{continue_after_write, node_name_of, phase_of};
+use crate::machine::status::{
+    continue_after_write, node_name_of, patch_machine_annotations, phase_of,
+};
 use crate::names::{
     CA_SCALE_DOWN_DISABLED_ANNOTATION, CA_SCALE_DOWN_DISABLED_BY_MCM_ANNOTATION,
     LAST_APPLIED_NODE_PRESERVE_ANNOTATION, PRESERVE_ANNOTATION, PRESERVED_CONDITION,
@@ -41,6 +43,24 @@ use decision::{
 
 type Flow = Result<ControlFlow<Requeue>, PreservationError>;
 
+const ANNOTATIONS_FAILED: &str = "Machine preserve annotations UPDATE failed";
+
+/// The Preserved condition, merged by type with the kubelet's conditions.
+async fn set_condition(
+    nodes: &Api<Node>,
+    node_name: &str,
+    condition: NodeCondition,
+) -> Result<(), ApiError> {
+    set_node_condition(nodes, node_name, condition)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                format!("node {node_name:?} Preserved condition UPDATE failed"),
+                error,
+            )
+        })
+}
+
 /// The machine's `preserveExpiryTime`, if preserved.
 pub fn expiry_of(machine: &Machine) -> Option<Timestamp> {
     machine
@@ -49,13 +69,6 @@ pub fn expiry_of(machine: &Machine) -> Option<Timestamp> {
         .and_then(|s| s.current_status.as_ref())
         .and_then(|c| c.preserve_expiry_time.as_ref())
         .map(|t| t.0)
-}
-
-fn condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == type_))
 }
 
 /// The Node as the decision sees it. `found` is None when no Node is named (or there is
@@ -75,13 +88,15 @@ fn node_annotation(found: &Option<Option<Node>>, unreadable: bool) -> NodeAnnota
     }
 }
 
-/// MCM's manageMachinePreservation, run for every machine not being deleted.
-pub async fn manage_preservation(ctx: &Context, original: &Machine) -> Flow {
+/// MCM's manageMachinePreservation, run for every machine not being deleted. `known` is
+/// the machine's Node if this reconcile already read it (it is read here otherwise).
+pub async fn manage_preservation(ctx: &Context, original: &Machine, known: Option<Node>) -> Flow {
     let machine = original;
     let node_name = node_name_of(machine);
     let nodes = ctx.nodes();
-    let (found, lookup_error) = match (&nodes, node_name.is_empty()) {
-        (Some(nodes), false) => match get_node(nodes, &node_name).await {
+    let (found, lookup_error) = match (known, &nodes, node_name.is_empty()) {
+        (Some(node), _, _) => (Some(Some(node)), None),
+        (None, Some(nodes), false) => match get_node(nodes, &node_name).await {
             Ok(found) => (Some(found), None),
             Err(error) => (Some(None), Some(error)),
         },
@@ -126,14 +141,14 @@ pub async fn manage_preservation(ctx: &Context, original: &Machine) -> Flow {
         }
     }
     if let (true, Some(node), Some(nodes)) = (untaint_when_running, node, &nodes) {
-        set_preserved_taint(nodes, &node.name_any(), false).await?;
+        set_preserved_taint(nodes, node, false).await?;
     }
     if let Some(value) = record_node_value {
-        let patch = json!({"metadata": {"annotations": {
+        let annotations = json!({
             PRESERVE_ANNOTATION: null,
             LAST_APPLIED_NODE_PRESERVE_ANNOTATION: value,
-        }}});
-        patch_machine(ctx, &machine, patch).await?;
+        });
+        patch_machine_annotations(ctx, &machine, annotations, ANNOTATIONS_FAILED).await?;
         return Ok(ControlFlow::Break(continue_after_write(
             "preserve annotation recorded",
         )));
@@ -170,7 +185,7 @@ async fn preserve(
         return Ok(ControlFlow::Continue(()));
     };
     let phase = phase_of(machine).to_owned();
-    let existing = condition_of(node, PRESERVED_CONDITION);
+    let existing = node_condition(node, PRESERVED_CONDITION);
     if already_preserved(existing, &phase) {
         return Ok(ControlFlow::Continue(()));
     }
@@ -178,7 +193,7 @@ async fn preserve(
     disable_scale_down(&nodes, node).await?;
     let mut drain_error = None;
     let drain = if drain_required(existing, &phase) {
-        set_preserved_taint(&nodes, &node_name, true).await?;
+        set_preserved_taint(&nodes, node, true).await?;
         match drain_preserved(ctx, machine, &node_name).await? {
             ControlFlow::Break(requeue) => return Ok(ControlFlow::Break(requeue)),
             ControlFlow::Continue(Ok(())) => PreservedDrain::Drained,
@@ -238,18 +253,18 @@ async fn stop(
         let node_name = node.name_any();
         set_condition(&nodes, &node_name, stopped_condition(now)).await?;
         release_node_annotations(&nodes, node, remove_annotations).await?;
-        set_preserved_taint(&nodes, &node_name, false).await?;
+        set_preserved_taint(&nodes, node, false).await?;
     }
     let annotations = machine.annotations();
     if remove_annotations
         && (annotations.contains_key(PRESERVE_ANNOTATION)
             || annotations.contains_key(LAST_APPLIED_NODE_PRESERVE_ANNOTATION))
     {
-        let patch = json!({"metadata": {"annotations": {
+        let annotations = json!({
             PRESERVE_ANNOTATION: null,
             LAST_APPLIED_NODE_PRESERVE_ANNOTATION: null,
-        }}});
-        *machine = patch_machine(ctx, machine, patch).await?;
+        });
+        *machine = patch_machine_annotations(ctx, machine, annotations, ANNOTATIONS_FAILED).await?;
     }
     *machine = write_expiry(ctx, machine, None, now).await?;
     info!(machine = %machine.name_any(), "machine preservation stopped");
@@ -276,40 +291,6 @@ async fn write_expiry(
         )
         .await
         .map_err(|error| ApiError::new("Machine/status preserveExpiryTime UPDATE failed", error))
-}
-
-async fn patch_machine(
-    ctx: &Context,
-    machine: &Machine,
-    patch: Value,
-) -> Result<Machine, ApiError> {
-    ctx.machines()
-        .patch(
-            &machine.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-        .map_err(|error| ApiError::new("Machine preserve annotations UPDATE failed", error))
-}
-
-/// The Preserved condition, merged by type with the kubelet's conditions.
-async fn set_condition(
-    nodes: &Api<Node>,
-    node_name: &str,
-    condition: NodeCondition,
-) -> Result<(), ApiError> {
-    let patch = json!({"status": {"conditions": [condition]}});
-    nodes
-        .patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .map(drop)
-        .map_err(|error| {
-            ApiError::new(
-                format!("node {node_name:?} Preserved condition UPDATE failed"),
-                error,
-            )
-        })
 }
 
 /// Keeps the cluster-autoscaler from scaling the Node down, noting that MCM asked for it.
@@ -372,16 +353,33 @@ async fn patch_node_annotations(
         .map_err(|error| ApiError::new(format!("node {name:?} annotation UPDATE failed"), error))
 }
 
-/// Adds or removes the preserved NoSchedule taint. The taint list is replaced whole, so
-/// the write carries the resourceVersion it was read at: a concurrent change conflicts
-/// and is retried rather than lost.
+fn is_preserved_taint(taint: &Taint) -> bool {
+    taint.key == PRESERVED_TAINT && taint.effect == "NoSchedule"
+}
+
+fn has_preserved_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(is_preserved_taint))
+}
+
+/// Adds or removes the preserved NoSchedule taint; nothing is read or written when the
+/// Node as this reconcile read it (`known`) already is as wanted (no one else sets this
+/// taint). The taint list is replaced whole, so it is read afresh and the write carries
+/// the resourceVersion it was read at: a concurrent change conflicts and is retried
+/// rather than lost.
 async fn set_preserved_taint(
     nodes: &Api<Node>,
-    node_name: &str,
+    known: &Node,
     present: bool,
 ) -> Result<(), ApiError> {
+    if has_preserved_taint(known) == present {
+        return Ok(());
+    }
+    let node_name = known.name_any();
     let failed = |error| ApiError::new(format!("node {node_name:?} taint UPDATE failed"), error);
-    let node = match nodes.get(node_name).await {
+    let node = match nodes.get(&node_name).await {
         Ok(node) => node,
         Err(error) if is_not_found(&error) => return Ok(()),
         Err(error) => return Err(failed(error)),
@@ -391,9 +389,7 @@ async fn set_preserved_taint(
         .as_ref()
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
-    let is_ours = |t: &Taint| t.key == PRESERVED_TAINT && t.effect == "NoSchedule";
-    let had = taints.iter().any(is_ours);
-    if had == present {
+    if has_preserved_taint(&node) == present {
         return Ok(());
     }
     if present {
@@ -404,14 +400,14 @@ async fn set_preserved_taint(
             value: None,
         });
     } else {
-        taints.retain(|t| !is_ours(t));
+        taints.retain(|t| !is_preserved_taint(t));
     }
     let patch = json!({
         "metadata": {"resourceVersion": node.resource_version()},
         "spec": {"taints": taints},
     });
     nodes
-        .patch(node_name, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(&node_name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(drop)
         .map_err(failed)
