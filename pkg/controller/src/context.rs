@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 use mcm_provider_kubevirt::Driver;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
+use crate::cache::{Caches, cached, cached_all};
 use crate::error::ApiError;
 use crate::machine::health::permits::ReplacementPermits;
 use crate::runtime::metrics::Metrics;
@@ -63,6 +64,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// One machine replacement at a time per MachineDeployment.
     pub replacement_permits: ReplacementPermits,
+    /// The informers' stores; without them (tests of single reconciles) every read asks
+    /// the API server.
+    caches: Option<Caches>,
     frozen: AtomicBool,
 }
 
@@ -81,8 +85,91 @@ impl Context {
             options,
             metrics,
             replacement_permits: ReplacementPermits::default(),
+            caches: None,
             frozen: AtomicBool::new(false),
         }
+    }
+
+    /// Reads from the informers' stores from now on (see the read methods below).
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    pub fn caches(&self) -> Option<&Caches> {
+        self.caches.as_ref()
+    }
+
+    /// The MachineClass `name` of `--namespace`, from the store (MCM's class lister).
+    pub async fn machine_class(&self, name: &str) -> Result<Option<MachineClass>, kube::Error> {
+        if let Some(caches) = &self.caches
+            && let Some(found) = cached(&caches.classes, name, Some(self.namespace())).await
+        {
+            return Ok(found);
+        }
+        self.machine_classes().get_opt(name).await
+    }
+
+    /// A Secret, from the store when it is in `--namespace` (the only one watched).
+    pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
+        if let Some(caches) = &self.caches
+            && namespace == self.namespace()
+            && let Some(found) = cached(&caches.secrets, name, Some(namespace)).await
+        {
+            return Ok(found);
+        }
+        self.secrets_in(namespace).get_opt(name).await
+    }
+
+    /// The Node `name` of the target cluster, from the store (MCM's node lister); `None`
+    /// also without a target cluster. Where a Node written a moment ago must be read as
+    /// written, callers use [`get_node`] instead.
+    pub async fn node(&self, name: &str) -> Result<Option<Node>, ApiError> {
+        let Some(nodes) = self.nodes() else {
+            return Ok(None);
+        };
+        if let Some(store) = self.caches.as_ref().and_then(|c| c.nodes.as_ref())
+            && let Some(found) = cached(store, name, None).await
+        {
+            return Ok(found);
+        }
+        get_node(&nodes, name).await
+    }
+
+    /// The Machines of `--namespace`, from the store.
+    pub async fn list_machines(&self) -> Result<Vec<Arc<Machine>>, kube::Error> {
+        if let Some(caches) = &self.caches
+            && let Some(all) = cached_all(&caches.machines).await
+        {
+            return Ok(all);
+        }
+        let listed = self.machines().list(&ListParams::default()).await?;
+        Ok(listed.items.into_iter().map(Arc::new).collect())
+    }
+
+    /// The MachineClasses of `--namespace`, from the store.
+    pub async fn list_machine_classes(&self) -> Result<Vec<Arc<MachineClass>>, kube::Error> {
+        if let Some(caches) = &self.caches
+            && let Some(all) = cached_all(&caches.classes).await
+        {
+            return Ok(all);
+        }
+        let listed = self.machine_classes().list(&ListParams::default()).await?;
+        Ok(listed.items.into_iter().map(Arc::new).collect())
+    }
+
+    /// The Nodes of the target cluster, from the store; none without a target cluster.
+    pub async fn list_nodes(&self) -> Result<Vec<Arc<Node>>, kube::Error> {
+        let Some(nodes) = self.nodes() else {
+            return Ok(Vec::new());
+        };
+        if let Some(store) = self.caches.as_ref().and_then(|c| c.nodes.as_ref())
+            && let Some(all) = cached_all(store).await
+        {
+            return Ok(all);
+        }
+        let listed = nodes.list(&ListParams::default()).await?;
+        Ok(listed.items.into_iter().map(Arc::new).collect())
     }
 
     pub fn namespace(&self) -> &str {

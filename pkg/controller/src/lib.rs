@@ -9,12 +9,13 @@
 //! - [`safety`]: orphan VM collection and the API server freeze; [`node_lifecycle`]: Nodes
 //!   without a live Machine.
 //! - [`error`]: the one error of every reconcile and the retry it gets; [`context`]: what
-//!   every reconcile shares.
+//!   every reconcile shares; [`cache`]: the informers whose stores the reconciles read.
 //! - [`runtime`]: the process around them: flags, clients, leader election, HTTP, metrics.
 //! - [`names`]: MCM's wire names; [`util`]: finalizers and Go durations.
 //!
 //! [`Driver`]: mcm_provider_kubevirt::Driver
 
+pub mod cache;
 pub mod context;
 pub mod error;
 pub mod machine;

@@ -1,14 +1,15 @@
 //! MachineClasses: the finalizer that keeps a class while machines use it, and the
 //! lookup every machine reconcile starts with.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::ListParams;
 use tracing::info;
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
-use crate::context::{Context, is_not_found};
+use crate::context::Context;
 use crate::error::{ApiError, ClassError, FinalizerError, ReconcileError, Requeue, retry};
 use crate::names::MCM_FINALIZER;
 use crate::secrets::{reconcile_secret, referenced_secrets, secret_data};
@@ -20,9 +21,9 @@ pub async fn class_of(
     machine: &Machine,
 ) -> Result<(MachineClass, Secret), ClassError> {
     let name = &machine.spec.class.name;
-    let class = match ctx.machine_classes().get(name).await {
-        Ok(class) => class,
-        Err(error) if is_not_found(&error) => {
+    let class = match ctx.machine_class(name).await {
+        Ok(Some(class)) => class,
+        Ok(None) => {
             return Err(ClassError::NotFound {
                 namespace: ctx.namespace().to_owned(),
                 name: name.clone(),
@@ -73,11 +74,13 @@ pub fn invalid_node_template(node_template: &serde_json::Value) -> Option<String
     (!problems.is_empty()).then(|| problems.join(", "))
 }
 
-/// Names of the machines referring to a class.
-pub async fn machines_of_class(ctx: &Context, class: &str) -> Result<Vec<Machine>, kube::Error> {
-    let machines = ctx.machines().list(&ListParams::default()).await?;
+/// The machines referring to a class.
+pub async fn machines_of_class(
+    ctx: &Context,
+    class: &str,
+) -> Result<Vec<Arc<Machine>>, kube::Error> {
+    let machines = ctx.list_machines().await?;
     Ok(machines
-        .items
         .into_iter()
         .filter(|m| m.spec.class.name == class)
         .collect())
@@ -121,8 +124,7 @@ pub async fn reconcile_machine_class(
     // The class's Secrets follow at once: their finalizer depends on this class.
     for (namespace, secret_name) in referenced_secrets(class) {
         let secret = ctx
-            .secrets_in(&namespace)
-            .get_opt(&secret_name)
+            .secret(&namespace, &secret_name)
             .await
             .map_err(|error| {
                 failed(ApiError::new(

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
-use kube::api::ListParams;
 use tracing::{error, info, warn};
 
 use mcm_provider_kubevirt::driver::{ListMachinesRequest, MachineRequest};
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
+use crate::cache::cached;
 use crate::context::{Context, is_not_found};
 use crate::machine::status::{current_status, last_operation, phase_of, status_of, write_status};
 use crate::names::{operation, phase, state};
@@ -30,9 +30,9 @@ pub struct OrphanReport {
 /// exists is left alone whatever the machine's phase or providerID: VM names are machine
 /// names here, so that VM is the machine's own (MCM also deletes on a providerID mismatch).
 pub async fn collect_orphans(ctx: &Context) -> Result<OrphanReport, kube::Error> {
-    let classes = ctx.machine_classes().list(&ListParams::default()).await?;
+    let classes = ctx.list_machine_classes().await?;
     let mut report = OrphanReport::default();
-    for class in classes.items {
+    for class in classes {
         collect_orphans_of(ctx, &class, &mut report).await?;
     }
     if report.deleted > 0 || report.failed > 0 {
@@ -69,7 +69,7 @@ async fn collect_orphans_of(
     };
     for (provider_id, machine_name) in listed {
         report.listed += 1;
-        if ctx.machines().get_opt(&machine_name).await?.is_some() {
+        if machine_exists(ctx, &machine_name).await? {
             continue;
         }
         let mut orphan = Machine::new(&machine_name, Default::default());
@@ -92,6 +92,18 @@ async fn collect_orphans_of(
         }
     }
     Ok(())
+}
+
+/// Whether the Machine exists. The store answers for the Machines it has; one it lacks is
+/// asked for at the API server before its VM goes, as the store may lag behind a Machine
+/// created a moment ago, whose VM must not be taken for an orphan.
+async fn machine_exists(ctx: &Context, name: &str) -> Result<bool, kube::Error> {
+    if let Some(caches) = ctx.caches()
+        && let Some(Some(_)) = cached(&caches.machines, name, Some(ctx.namespace())).await
+    {
+        return Ok(true);
+    }
+    Ok(ctx.machines().get_opt(name).await?.is_some())
 }
 
 async fn reachable(ctx: &Context) -> bool {
@@ -151,8 +163,8 @@ impl ApiServerWatch {
 
 /// Machines left Unknown while the API servers were away get their health timeout reset.
 async fn unfreeze(ctx: &Context) {
-    let machines = match ctx.machines().list(&ListParams::default()).await {
-        Ok(list) => list.items,
+    let machines = match ctx.list_machines().await {
+        Ok(machines) => machines,
         Err(error) => {
             warn!("SafetyController: unable to LIST machines: {error}");
             return;

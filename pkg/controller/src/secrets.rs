@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::ListParams;
 use tracing::{debug, info};
 
 use mcm_provider_kubevirt::mcm::{MachineClass, SecretReference};
 
-use crate::context::{Context, is_not_found};
+use crate::context::Context;
 use crate::error::{ApiError, FinalizerError, ReconcileError, Requeue, retry};
 use crate::names::SECRET_FINALIZER;
 use crate::util::finalizers::set_finalizer;
@@ -54,12 +53,9 @@ pub async fn secret_data(ctx: &Context, class: &MachineClass) -> Result<Secret, 
         if name.is_empty() {
             continue;
         }
-        match ctx.secrets_in(namespace).get(name).await {
-            Ok(secret) => data.extend(secret.data.unwrap_or_default()),
-            Err(error) if is_not_found(&error) => {
-                debug!(secret = name, "referenced secret not found; skipped");
-            }
-            Err(error) => return Err(error),
+        match ctx.secret(namespace, name).await? {
+            Some(secret) => data.extend(secret.data.unwrap_or_default()),
+            None => debug!(secret = name, "referenced secret not found; skipped"),
         }
     }
     Ok(Secret {
@@ -76,11 +72,9 @@ pub async fn reconcile_secret(ctx: &Context, secret: &Secret) -> Result<Requeue,
         .unwrap_or_else(|| ctx.namespace().to_owned());
     let failed = |error| ReconcileError::Secret(FinalizerError::Api(error));
     let classes = ctx
-        .machine_classes()
-        .list(&ListParams::default())
+        .list_machine_classes()
         .await
-        .map_err(|error| failed(ApiError::new("listing MachineClasses", error)))?
-        .items;
+        .map_err(|error| failed(ApiError::new("listing MachineClasses", error)))?;
     let referenced = classes.iter().any(|class| {
         references(class).any(|r| reference_key(class, r) == (namespace.as_str(), name.as_str()))
     });

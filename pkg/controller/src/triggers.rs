@@ -12,7 +12,8 @@ use kube::runtime::watcher::{Error, Event};
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass, MachineSpec};
 
-use crate::names::{MACHINE_NAME_LABEL, NODE_LABEL};
+use crate::machine::status::node_name_of;
+use crate::names::MACHINE_NAME_LABEL;
 use crate::secrets::referenced_secrets;
 
 /// Names of the Machines in `store` that `concerns` accepts.
@@ -49,9 +50,7 @@ pub fn machines_of_node(
     namespace: &str,
 ) -> Vec<ObjectRef<Machine>> {
     let node_name = node.name_any();
-    let mut names = machines_where(store, |machine| {
-        machine.labels().get(NODE_LABEL) == Some(&node_name)
-    });
+    let mut names = machines_where(store, |machine| node_name_of(machine) == node_name);
     names.extend(node.labels().get(MACHINE_NAME_LABEL).cloned());
     names.sort();
     names.dedup();
@@ -149,6 +148,7 @@ fn stand_in(name: &str, class: &str) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::NODE_LABEL;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn machine(name: &str, class: &str) -> Machine {

@@ -12,6 +12,7 @@ use kube::{Config, Error};
 use serde_json::json;
 
 use mcm_machine_controller::runtime::clients::client;
+use mcm_machine_controller::runtime::metrics::Metrics;
 use mcm_machine_controller::runtime::options::Options;
 
 #[tokio::test]
@@ -32,7 +33,15 @@ async fn a_refused_eviction_is_answered_at_once() {
     });
     let url = server.listen().await.unwrap();
     let config = Config::new(url.parse().unwrap());
-    let client = client("--target-kubeconfig", config, &Options::default()).unwrap();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let client = client(
+        "--target-kubeconfig",
+        "target",
+        config,
+        &Options::default(),
+        metrics.clone(),
+    )
+    .unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "app");
 
     // Retried, the 16 attempts would take minutes; one answer takes milliseconds.
@@ -52,5 +61,13 @@ async fn a_refused_eviction_is_answered_at_once() {
         .filter(|line| line.ends_with("/eviction"))
         .count();
     assert_eq!(evictions, 1, "{:?}", server.request_lines());
+    // The sidecar's own count of what it sent: one eviction, by cluster, verb and resource.
+    let counted = metrics.render(None, false);
+    assert!(
+        counted.contains(
+            r#"mcm_machine_controller_api_requests_total{cluster="target",verb="create",resource="pods"} 1"#
+        ),
+        "{counted}"
+    );
     assert!(server.get("/api/v1/namespaces/app/pods", "web").is_some());
 }

@@ -8,7 +8,7 @@ pub mod decisions;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -50,11 +50,11 @@ pub async fn release_unmanaged_nodes(ctx: &Context) -> Result<NodeUpkeepReport, 
     let Some(nodes) = ctx.nodes() else {
         return Ok(report);
     };
-    let machines = ctx.machines().list(&ListParams::default()).await?.items;
+    let machines = ctx.list_machines().await?;
     let now = Timestamp::now();
     let timeout = ctx.options.machines.machine_creation_timeout;
-    for node in nodes.list(&ListParams::default()).await?.items {
-        let owner = owner_of(&machines, &node.name_any());
+    for node in ctx.list_nodes().await? {
+        let owner = owner_of(machines.iter().map(AsRef::as_ref), &node.name_any());
         let decided = upkeep(&node, owner, timeout, now);
         if decided == NodeUpkeep::Leave {
             continue;

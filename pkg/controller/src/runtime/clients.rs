@@ -4,14 +4,17 @@
 //! re-read by kube's client itself, at the latest a minute after the file changes, so
 //! rotated tokens are picked up without a restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tower::limit::RateLimitLayer;
 
+use crate::runtime::metrics::Metrics;
 use crate::runtime::options::{IN_CLUSTER_CONFIG, Options, TARGET_KUBECONFIG_DISABLED};
+use crate::runtime::request_counts::RequestCountLayer;
+use crate::runtime::token_bucket::TokenBucketLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -90,19 +93,8 @@ pub async fn configs(options: &Options) -> Result<(Config, Option<Config>), Clie
     Ok((with_timeouts(control), target.map(with_timeouts)))
 }
 
-/// `--kube-api-qps`/`--kube-api-burst` as a fixed window: at most `burst` requests in
-/// any `burst / qps` seconds, the long-run rate of client-go's token bucket.
-pub fn rate_limit(qps: f32, burst: u32) -> RateLimitLayer {
-    let burst = u64::from(burst).max(1);
-    let qps = if qps.is_finite() && qps > 0.0 {
-        f64::from(qps)
-    } else {
-        1.0
-    };
-    RateLimitLayer::new(burst, Duration::from_secs_f64(burst as f64 / qps))
-}
-
-/// A client of one cluster, rate-limited by the flags.
+/// A client of one cluster (`cluster`: `control` or `target`), rate-limited by the flags,
+/// its requests counted in `metrics`.
 ///
 /// Without kube's default retry, which repeats every 429, 503 and 504 up to 15 times
 /// with a backoff growing to minutes: an eviction a PodDisruptionBudget refuses is a 429
@@ -111,14 +103,18 @@ pub fn rate_limit(qps: f32, burst: u32) -> RateLimitLayer {
 /// Retry-After; here every such answer fails the reconcile, which is requeued.
 pub fn client(
     flag: &'static str,
+    cluster: &'static str,
     mut config: Config,
     options: &Options,
+    metrics: Arc<Metrics>,
 ) -> Result<Client, ClientError> {
     config.default_retry = false;
     let builder =
         ClientBuilder::try_from(config).map_err(|source| ClientError::Client { flag, source })?;
+    // Counted once sent, so a request waiting for a token is not counted yet.
     Ok(builder
-        .with_layer(&rate_limit(
+        .with_layer(&RequestCountLayer::new(metrics, cluster))
+        .with_layer(&TokenBucketLayer::new(
             options.clusters.kube_api_qps,
             options.clusters.kube_api_burst,
         ))

@@ -127,6 +127,7 @@ pub struct Metrics {
     scrapes: Family<Labels, Counter>,
     scrapes_in_flight: Gauge,
     reconciles: Family<Labels, Counter>,
+    api_requests: Family<Labels, Counter>,
 }
 
 impl mcm_provider_kubevirt::kubevirt::api_calls::ApiCallObserver for Metrics {
@@ -247,6 +248,12 @@ fn register_other_families(registry: &mut Registry, metrics: &Metrics) {
         "Reconciles, partitioned by controller, outcome (ok or error) and failed stage (the error variant).",
         metrics.reconciles.clone(),
     );
+    register_exact(
+        registry,
+        "mcm_machine_controller_api_requests",
+        "Requests of the sidecar to the control and target clusters, partitioned by cluster, verb and resource.",
+        metrics.api_requests.clone(),
+    );
     registry.register_collector(Box::new(ProcessCollector));
 }
 
@@ -269,6 +276,7 @@ impl Metrics {
             scrapes: Family::default(),
             scrapes_in_flight: Gauge::default(),
             reconciles: Family::default(),
+            api_requests: Family::default(),
             registry: Registry::default(),
         };
         register_machine_families(&mut registry, &metrics);
@@ -355,6 +363,17 @@ impl Metrics {
                 .get_or_create(&labels)
                 .observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts one request of the control or target client.
+    pub fn api_request(&self, cluster: &str, verb: &str, resource: &str) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("cluster".to_owned(), cluster.to_owned()),
+                ("verb".to_owned(), verb.to_owned()),
+                ("resource".to_owned(), resource.to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts a reconcile: `error` is the failed stage (the error variant), `None` on success.

@@ -9,4 +9,6 @@ pub mod leader;
 pub mod metrics;
 pub mod options;
 pub mod process_metrics;
+pub mod request_counts;
 pub mod run;
+pub mod token_bucket;

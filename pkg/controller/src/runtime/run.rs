@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::ResourceExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::reflector::Store;
-use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
+use kube::runtime::{Controller, watcher};
 use tracing::{debug, error, info, warn};
 
 use mcm_provider_kubevirt::Driver;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
+use crate::cache::{Informer, Informers};
 use crate::context::Context;
 use crate::error::{Outcome, ReconcileError, Requeue};
 use crate::machine::reconcile_machine;
@@ -120,12 +120,24 @@ pub async fn connect(
 ) -> Result<Arc<Context>, RunError> {
     let (control_config, target_config) = configs(options).await?;
     let control_url = control_config.cluster_url.to_string();
-    let control = client("--control-kubeconfig", control_config, options)?;
+    let control = client(
+        "--control-kubeconfig",
+        "control",
+        control_config,
+        options,
+        metrics.clone(),
+    )?;
     ensure_reachable("control cluster", &control, &control_url, STARTUP_PATIENCE).await?;
     let target = match target_config {
         Some(config) => {
             let url = config.cluster_url.to_string();
-            let target = client("--target-kubeconfig", config, options)?;
+            let target = client(
+                "--target-kubeconfig",
+                "target",
+                config,
+                options,
+                metrics.clone(),
+            )?;
             ensure_reachable("target cluster", &target, &url, STARTUP_PATIENCE).await?;
             Some(target)
         }
@@ -169,11 +181,21 @@ pub async fn run_with_metrics(
 ) -> Result<(), RunError> {
     let ctx = connect(&options, driver, metrics).await?;
     let namespace = options.clusters.namespace.clone();
+    let informers = Informers::new(
+        ctx.machines(),
+        ctx.machine_classes(),
+        ctx.secrets_in(&namespace),
+        ctx.nodes(),
+    );
+    let caches = informers.caches();
+    let ctx = Arc::new(
+        Arc::into_inner(ctx)
+            .ok_or(RunError::Stopped("context"))?
+            .with_caches(caches.clone()),
+    );
 
-    let machine_controller = Controller::new(ctx.machines(), watcher::Config::default());
-    let machine_store = machine_controller.store();
     let address = SocketAddr::new(options.server.address, options.server.port);
-    let router = crate::runtime::http::router(ctx.clone(), Some(machine_store.clone()));
+    let router = crate::runtime::http::router(ctx.clone(), Some(caches.machines.clone()));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| RunError::Http { address, source })?;
@@ -193,10 +215,12 @@ pub async fn run_with_metrics(
         tokio::time::sleep(options.controller.controller_start_interval).await;
     }
 
-    let node_deletions = node_deletions(ctx.clone(), machine_store.clone());
-    let machines = machines(&ctx, machine_controller, machine_store);
-    let classes = machine_classes(&ctx);
-    let secrets = secrets(&ctx);
+    // Every consumer subscribes before the watches run, so none misses the first listing.
+    let node_deletions = node_deletions(ctx.clone(), &informers);
+    let machines = machines(&ctx, &informers);
+    let classes = machine_classes(&ctx, &informers);
+    let secrets = secrets(&ctx, &informers);
+    let watches = informers.run();
     let orphans = orphan_collection(ctx.clone());
     let api_check = api_server_check(ctx.clone());
     let lost = async move {
@@ -211,6 +235,7 @@ pub async fn run_with_metrics(
         _ = machines => Err(RunError::Stopped("machine controller")),
         _ = classes => Err(RunError::Stopped("machine class controller")),
         _ = secrets => Err(RunError::Stopped("secret controller")),
+        _ = watches => Err(RunError::Stopped("watches")),
         _ = orphans => Err(RunError::Stopped("orphan collection")),
         _ = node_deletions => Err(RunError::Stopped("node deletion watch")),
         _ = api_check => Err(RunError::Stopped("API server check")),
@@ -221,17 +246,15 @@ pub async fn run_with_metrics(
 
 /// The machine controller: Machines, the Nodes named by their `node` label, and their
 /// classes.
-fn machines(
-    ctx: &Arc<Context>,
-    controller: Controller<Machine>,
-    store: Store<Machine>,
-) -> impl Future<Output = ()> + use<> {
+fn machines(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = ()> + use<> {
     let namespace = ctx.namespace().to_owned();
-    let controller = match ctx.nodes() {
+    let store = informers.machines.store();
+    let controller = Controller::for_stream(informers.machines.applied(), store.clone());
+    let controller = match &informers.nodes {
         Some(nodes) => {
             let namespace = namespace.clone();
             let machines = store.clone();
-            controller.watches(nodes, watcher::Config::default(), move |node: Node| {
+            controller.watches_stream(nodes.applied(), move |node: Node| {
                 machines_of_node(&machines, &node, &namespace)
             })
         }
@@ -240,11 +263,10 @@ fn machines(
     // Machines wait for their class's finalizer, and for the class itself when they were
     // applied first: a class event reconciles its machines at once (MCM enqueues them when
     // it places the finalizer) instead of after their retry period.
-    let controller = controller.watches(
-        ctx.machine_classes(),
-        watcher::Config::default(),
-        move |class: MachineClass| machines_of_class(&store, &class, &namespace),
-    );
+    let controller = controller
+        .watches_stream(informers.classes.applied(), move |class: MachineClass| {
+            machines_of_class(&store, &class, &namespace)
+        });
     controller
         .with_config(
             ControllerConfig::default().concurrency(ctx.options.controller.concurrent_syncs),
@@ -264,13 +286,14 @@ fn machines(
 /// The class controller. A class gets its finalizer only once a Machine refers to it, and
 /// Machines wait for that finalizer: a new or deleted Machine reconciles its class at once,
 /// as MCM's machine-to-class handlers do, not at the class's next periodic look.
-fn machine_classes(ctx: &Arc<Context>) -> impl Future<Output = ()> + use<> {
+fn machine_classes(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = ()> + use<> {
     let namespace = ctx.namespace().to_owned();
     let mut class_triggers = ClassTriggers::default();
-    let machine_events = watcher(ctx.machines(), watcher::Config::default())
-        .default_backoff()
-        .flat_map(move |event| futures::stream::iter(class_triggers.on(event)));
-    Controller::new(ctx.machine_classes(), watcher::Config::default())
+    let machine_events = informers
+        .machines
+        .subscribe()
+        .flat_map(move |event| futures::stream::iter(class_triggers.on(Ok(event))));
+    Controller::for_stream(informers.classes.applied(), informers.classes.store())
         .watches_stream(machine_events, move |machine: Machine| {
             class_of_machine(&machine, &namespace)
         })
@@ -288,15 +311,12 @@ fn machine_classes(ctx: &Arc<Context>) -> impl Future<Output = ()> + use<> {
 
 /// The Secret controller. A Secret keeps its finalizer while classes refer to it: a class
 /// change or deletion reconciles the class's Secrets at once (MCM's class-to-secret handlers).
-fn secrets(ctx: &Arc<Context>) -> impl Future<Output = ()> + use<> {
+fn secrets(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = ()> + use<> {
     let namespace = ctx.namespace().to_owned();
-    let secrets_api: Api<Secret> = ctx.secrets_in(&namespace);
-    Controller::new(secrets_api, watcher::Config::default())
-        .watches(
-            ctx.machine_classes(),
-            watcher::Config::default(),
-            move |class: MachineClass| secrets_of_class(&class, &namespace),
-        )
+    Controller::for_stream(informers.secrets.applied(), informers.secrets.store())
+        .watches_stream(informers.classes.applied(), move |class: MachineClass| {
+            secrets_of_class(&class, &namespace)
+        })
         .run(
             |secret: Arc<Secret>, ctx: Arc<Context>| async move {
                 let result = reconcile_secret(&ctx, &secret).await;
@@ -324,29 +344,33 @@ async fn orphan_collection(ctx: Arc<Context>) {
 }
 
 /// A Node deleted from the target cluster deletes its Machine (MCM's deleteNode handler).
-/// Only watch events tell a deleted Node from one that never joined, so this is a watch of
-/// its own rather than a step of the machine reconcile.
-async fn node_deletions(ctx: Arc<Context>, machines: Store<Machine>) {
-    let Some(nodes) = ctx.nodes() else {
-        return std::future::pending().await;
-    };
-    watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .for_each(|event| {
-            let ctx = ctx.clone();
-            let machines = machines.clone();
-            async move {
-                let Ok(watcher::Event::Delete(node)) = event else {
-                    return;
-                };
-                let state = machines.state();
-                let known: Vec<&Machine> = state.iter().map(AsRef::as_ref).collect();
-                if let Err(error) = delete_machine_of_deleted_node(&ctx, &known, &node).await {
-                    warn!(node = %node.name_any(), "deleting the machine of a deleted node failed: {error}");
+/// Only watch events tell a deleted Node from one that never joined, so this follows the
+/// Node watch's events rather than being a step of the machine reconcile.
+fn node_deletions(ctx: Arc<Context>, informers: &Informers) -> impl Future<Output = ()> + use<> {
+    let events = informers.nodes.as_ref().map(Informer::subscribe);
+    let machines = informers.machines.store();
+    async move {
+        let Some(events) = events else {
+            return std::future::pending().await;
+        };
+        events
+            .for_each(|event| {
+                let ctx = ctx.clone();
+                let machines = machines.clone();
+                async move {
+                    let watcher::Event::Delete(node) = event else {
+                        return;
+                    };
+                    let state = machines.state();
+                    let known: Vec<&Machine> = state.iter().map(AsRef::as_ref).collect();
+                    if let Err(error) = delete_machine_of_deleted_node(&ctx, &known, &node).await
+                    {
+                        warn!(node = %node.name_any(), "deleting the machine of a deleted node failed: {error}");
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await
+    }
 }
 
 /// The API server check that freezes the controller while a server is unreachable.

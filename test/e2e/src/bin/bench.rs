@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
@@ -38,6 +38,9 @@ const SECRETS: &str = "secrets";
 const METRICS: &str = "/metrics";
 const CLASS: &str = "bench";
 const SECRET: &str = "bench-provider";
+/// The harness's Nodes (`--nodes`): named with this prefix and labelled with this label.
+const BENCH_NODE_PREFIX: &str = "bench-node-";
+const BENCH_NODE_LABEL: &str = "bench.mcm.gardener.cloud/node";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,6 +90,10 @@ struct Args {
     /// sidecar's Secret controller also sees (and reconciles) every userdata Secret
     #[arg(long, value_enum, default_value_t = VmNamespace::Separate)]
     vms_in: VmNamespace,
+    /// Node objects created in the target cluster before the sidecar starts (and removed at
+    /// the end): the sidecar's Node cache holds them, as it would a shoot's Nodes
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
     /// Copy the sidecar's log here at the end (it is removed otherwise)
     #[arg(long)]
     keep_log: Option<PathBuf>,
@@ -187,6 +194,69 @@ struct Snapshot {
     server: Tally,
     own: Tally,
     cpu: Option<f64>,
+    counted: Counted,
+}
+
+/// The sidecar's own count of its requests (its /metrics, counted client-side), by
+/// (cluster, verb, resource): `control` and `target` from
+/// `mcm_machine_controller_api_requests_total`, `provider` from `mcm_cloud_api_requests_total`
+/// (by resource only, the verb `*`). The API server cannot tell these apart when the
+/// clusters are one, as here.
+#[derive(Debug, Default, Clone)]
+struct Counted(BTreeMap<(String, String, String), f64>);
+
+impl Counted {
+    fn parse(text: &str) -> Counted {
+        let mut out = Counted::default();
+        for line in text.lines() {
+            let (cluster_of, rest) = if let Some(rest) =
+                line.strip_prefix("mcm_machine_controller_api_requests_total{")
+            {
+                (None, rest)
+            } else if let Some(rest) = line.strip_prefix("mcm_cloud_api_requests_total{") {
+                (Some("provider"), rest)
+            } else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let labels = parse_labels(labels);
+            let key = match cluster_of {
+                Some(cluster) => (
+                    cluster.to_owned(),
+                    "*".to_owned(),
+                    labels.get("service").cloned().unwrap_or_default(),
+                ),
+                None => (
+                    labels.get("cluster").cloned().unwrap_or_default(),
+                    labels.get("verb").cloned().unwrap_or_default(),
+                    labels.get("resource").cloned().unwrap_or_default(),
+                ),
+            };
+            *out.0.entry(key).or_default() += value;
+        }
+        out
+    }
+
+    fn minus(&self, other: &Counted) -> Counted {
+        let mut out = self.clone();
+        for (key, n) in &other.0 {
+            *out.0.entry(key.clone()).or_default() -= n;
+        }
+        out
+    }
+
+    fn of_cluster(&self, cluster: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|((c, verb, _), _)| c == cluster && verb != "watch")
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 struct Harness {
@@ -211,6 +281,7 @@ struct Phase {
     own: Tally,
     background: Tally,
     cpu: Option<f64>,
+    counted: Counted,
     outcome: Result<(), String>,
 }
 
@@ -223,11 +294,16 @@ impl Harness {
         // apiserver_request_total (and the sidecar never calls it).
         let result = self.bed.client.request_text(request).await;
         let text = result.map_err(|e| format!("GET /metrics: {e}"))?;
+        let counted = match sidecar {
+            Some(sidecar) => Counted::parse(&sidecar.http_get("/metrics").await?),
+            None => Counted::default(),
+        };
         Ok(Snapshot {
             at: Instant::now(),
             server: parse_request_total(&text),
             own: self.own.snapshot(),
             cpu: sidecar.and_then(|s| cpu_seconds(s.pid(), self.clock_ticks)),
+            counted,
         })
     }
 
@@ -256,6 +332,7 @@ impl Harness {
             own,
             background,
             cpu,
+            counted: to.counted.minus(&from.counted),
             outcome,
         }
     }
@@ -353,6 +430,55 @@ impl Harness {
             .collect()
             .await;
         results.into_iter().collect()
+    }
+
+    /// `--nodes` Node objects, labelled as the harness's, with what a kubelet reports
+    /// beyond the image list (which the sidecar does not keep).
+    async fn create_nodes(&self) -> Result<(), String> {
+        let nodes = self.bed.nodes();
+        let results: Vec<Result<(), String>> = stream::iter(0..self.args.nodes)
+            .map(|i| {
+                let nodes = nodes.clone();
+                async move {
+                    let node: Node = serde_json::from_value(serde_json::json!({
+                        "metadata": {
+                            "name": format!("{BENCH_NODE_PREFIX}{i:05}"),
+                            "labels": {
+                                BENCH_NODE_LABEL: "true",
+                                "kubernetes.io/hostname": format!("{BENCH_NODE_PREFIX}{i:05}"),
+                                "kubernetes.io/os": "linux",
+                                "kubernetes.io/arch": "amd64",
+                                "node.kubernetes.io/instance-type": "bench",
+                                "topology.kubernetes.io/zone": "zone-a",
+                            },
+                        },
+                        "spec": {"providerID": format!("kubevirt://{BENCH_NODE_PREFIX}{i:05}")},
+                    }))
+                    .map_err(|e| e.to_string())?;
+                    let result = nodes.create(&PostParams::default(), &node).await;
+                    self.own.note("POST", "nodes", &result, 201);
+                    result.map(drop).map_err(|e| format!("create node {i}: {e}"))
+                }
+            })
+            .buffer_unordered(self.args.client_concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn delete_nodes(&self) {
+        if self.args.nodes == 0 {
+            return;
+        }
+        let params = ListParams::default().labels(&format!("{BENCH_NODE_LABEL}=true"));
+        if let Err(e) = self
+            .bed
+            .nodes()
+            .delete_collection(&DeleteParams::default(), &params)
+            .await
+        {
+            eprintln!("removing the harness's Nodes failed: {e}");
+        }
     }
 
     async fn delete_machines(&self) -> Result<(), String> {
@@ -590,6 +716,11 @@ impl Harness {
             sidecar_args[4..].join(" ")
         );
 
+        if self.args.nodes > 0 {
+            eprintln!("creating {} Nodes ...", self.args.nodes);
+            self.create_nodes().await?;
+        }
+
         // Creation.
         let before_create = self.scrape(None).await?;
         let mut sidecar;
@@ -784,6 +915,26 @@ impl Report {
                 .map(|(code, c)| format!("{code} {c:.0}"))
                 .collect();
             let _ = writeln!(out, "  sidecar by code: {}", codes.join(", "));
+            let counted = &phase.counted;
+            let _ = writeln!(
+                out,
+                "  the sidecar's own count, excluding watches: control {:.0} ({:.2}/Machine), target {:.0} ({:.2}/Machine), provider {:.0} ({:.2}/Machine)",
+                counted.of_cluster("control"),
+                counted.of_cluster("control") / n,
+                counted.of_cluster("target"),
+                counted.of_cluster("target") / n,
+                counted.of_cluster("provider"),
+                counted.of_cluster("provider") / n,
+            );
+            for ((cluster, verb, resource), count) in &counted.0 {
+                if cluster != "provider" && *count >= 0.5 {
+                    let _ = writeln!(
+                        out,
+                        "    {cluster:<8} {verb:<8} {resource:<28} {count:>8.0} {:>9.2}",
+                        count / n
+                    );
+                }
+            }
             // A WATCH is counted when it ends, mostly when kube-controller-manager's watches
             // time out and are renewed, so it says little about the sidecar.
             let _ = writeln!(
@@ -1042,6 +1193,7 @@ async fn main() -> ExitCode {
     if let Err(why) = outcome {
         eprintln!("bench: {why}");
     }
+    harness.delete_nodes().await;
     eprintln!("removing namespace {} ...", harness.bed.namespace);
     harness.bed.teardown().await;
     if let Some(vm_bed) = harness.vm_bed {
@@ -1079,6 +1231,25 @@ apiserver_request_total{code="409",component="apiserver",dry_run="",group="",res
         assert_eq!(get("GET", METRICS, 200), None);
         assert_eq!(get("POST", SECRETS, 409), Some(1.0));
         assert_eq!(tally.0.len(), 3);
+    }
+
+    #[test]
+    fn the_sidecars_own_counts_are_read_by_cluster_verb_and_resource() {
+        let text = r#"# TYPE mcm_machine_controller_api_requests counter
+mcm_machine_controller_api_requests_total{cluster="control",verb="update",resource="machines"} 3
+mcm_machine_controller_api_requests_total{cluster="control",verb="watch",resource="machines"} 1
+mcm_machine_controller_api_requests_total{cluster="target",verb="create",resource="secrets"} 2
+mcm_cloud_api_requests_total{provider="kubevirt",service="virtualmachines"} 4
+mcm_cloud_api_requests_failed_total{provider="kubevirt",service="virtualmachines"} 1
+"#;
+        let counted = Counted::parse(text);
+        assert_eq!(counted.of_cluster("control"), 3.0, "watches are left out");
+        assert_eq!(counted.of_cluster("target"), 2.0);
+        assert_eq!(counted.of_cluster("provider"), 4.0, "failures are not added");
+        let before = Counted::parse(
+            r#"mcm_machine_controller_api_requests_total{cluster="control",verb="update",resource="machines"} 1"#,
+        );
+        assert_eq!(counted.minus(&before).of_cluster("control"), 2.0);
     }
 
     #[test]

@@ -272,10 +272,5 @@ async fn initialize_vm(
 /// A Node with the new VM's node name that is not this machine's: the VM would join as a
 /// stale node. MCM deletes the VM and fails the machine so a fresh one replaces it.
 async fn stale_node_exists(ctx: &Context, machine_name: &str, node_name: &str) -> bool {
-    match ctx.nodes() {
-        Some(nodes) if node_name != machine_name => {
-            matches!(nodes.get_opt(node_name).await, Ok(Some(_)))
-        }
-        _ => false,
-    }
+    node_name != machine_name && matches!(ctx.node(node_name).await, Ok(Some(_)))
 }

@@ -9,7 +9,7 @@ use tracing::warn;
 use mcm_provider_kubevirt::driver::MachineRequest;
 use mcm_provider_kubevirt::mcm::Machine;
 
-use crate::context::{Context, get_node, is_not_found};
+use crate::context::{Context, is_not_found};
 use crate::error::{ApiError, DeletionError, Requeue, retry};
 use crate::machine::status::{node_name_of, op_type_of, replace_machine};
 use crate::names::{MACHINE_NAME_LABEL, NODE_FINALIZER, NODE_LABEL};
@@ -63,13 +63,13 @@ pub async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeu
 }
 
 async fn node_by_machine_label(ctx: &Context, machine_name: &str) -> Option<String> {
-    let nodes = ctx.nodes()?;
-    let selector = format!("{MACHINE_NAME_LABEL}={machine_name}");
-    let list = nodes
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .ok()?;
-    list.items.into_iter().next().and_then(|n| n.metadata.name)
+    let nodes = ctx.list_nodes().await.ok()?;
+    nodes
+        .iter()
+        .find(|node| {
+            node.labels().get(MACHINE_NAME_LABEL).map(String::as_str) == Some(machine_name)
+        })
+        .map(|node| node.name_any())
 }
 
 /// Deletes the node's live VolumeAttachments and waits for them to go.
@@ -82,16 +82,14 @@ pub async fn delete_volume_attachments(
         next.op_type = op_type_of(machine);
         next
     };
-    let (Some(client), Some(nodes)) = (ctx.target.clone(), ctx.nodes()) else {
+    let (Some(client), Some(_)) = (ctx.target.clone(), ctx.nodes()) else {
         let skip = Transition::to(
             DeletionStep::DeleteVm,
             "No target cluster. Moving to VM Deletion.",
         );
         return persist(ctx, machine, with_type(skip)).await;
     };
-    let node = get_node(&nodes, &node_name)
-        .await
-        .map_err(DeletionError::Api)?;
+    let node = ctx.node(&node_name).await.map_err(DeletionError::Api)?;
     if let AttachmentDecision::Next(next) = volume_attachments_of(node.as_ref(), &node_name) {
         return persist(ctx, machine, with_type(next)).await;
     }
@@ -141,6 +139,7 @@ pub async fn delete_node(ctx: &Context, machine: &Machine) -> Result<Requeue, De
             "No node object found for {node_name:?}, continuing deletion flow."
         ))
     };
+    // Read from the API server: a Node the store does not show yet must not be left behind.
     let deleted = match nodes.get_opt(&node_name).await {
         Ok(None) => return persist(ctx, machine, missing()).await,
         Err(error) => {

@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, ListParams};
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass, MachineStatus};
 use tracing::{info, warn};
 
-use crate::context::{Context, get_node, is_not_found};
+use crate::context::{Context, is_not_found};
 use crate::error::{ApiError, HealthError, ReconcileError, Requeue, retry};
 use crate::machine::bootstrap_token::delete_bootstrap_token;
 use crate::machine::settings::{
@@ -39,12 +39,10 @@ pub async fn reconcile_health(
     node_name: &str,
     class: &MachineClass,
 ) -> Result<ControlFlow<Requeue, Option<Duration>>, ReconcileError> {
-    let Some(nodes) = ctx.nodes() else {
+    if ctx.nodes().is_none() {
         return Ok(ControlFlow::Continue(None));
-    };
-    let node = get_node(&nodes, node_name)
-        .await
-        .map_err(HealthError::Api)?;
+    }
+    let node = ctx.node(node_name).await.map_err(HealthError::Api)?;
     let problem_conditions = node_conditions(machine, &ctx.options);
     let inputs = HealthInputs {
         machine,
@@ -105,6 +103,8 @@ async fn replace(
         return Err(HealthError::PermitTimeout { machine: name }.into());
     };
     // Machines outside a MachineDeployment are not limited (MCM finds no siblings for them).
+    // Listed from the API server, not the store: the permit's previous holder may have
+    // failed a sibling a moment ago, and the store may not show that write yet.
     if !deployment.is_empty() {
         let selector = format!("{DEPLOYMENT_NAME_LABEL}={deployment}");
         let pool = ctx

@@ -14,7 +14,7 @@ use tracing::info;
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
-use crate::context::{Context, get_node};
+use crate::context::Context;
 use crate::error::{ApiError, ReconcileError, Requeue, retry};
 use template::{
     apply_to_node, apply_virtual_capacity, record_virtual_capacity, virtual_capacity_of,
@@ -33,7 +33,8 @@ pub async fn sync_node(
     let Some(nodes) = ctx.nodes() else {
         return Ok(ControlFlow::Continue(None));
     };
-    let node = get_node(&nodes, node_name)
+    let node = ctx
+        .node(node_name)
         .await
         .map_err(ReconcileError::NodeSync)?;
     let Some(mut node) = node else {

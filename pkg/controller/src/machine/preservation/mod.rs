@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use mcm_provider_kubevirt::mcm::Machine;
 
-use crate::context::{Context, get_node, is_not_found, node_condition, set_node_condition};
+use crate::context::{Context, is_not_found, node_condition, set_node_condition};
 use crate::error::{ApiError, PreservationError, Requeue, retry};
 use crate::machine::deletion::drain::{DrainPurpose, drain_pass, save_drain_state};
 use crate::machine::settings::{drain_timeout, preserve_timeout};
@@ -96,7 +96,7 @@ pub async fn manage_preservation(ctx: &Context, original: &Machine, known: Optio
     let nodes = ctx.nodes();
     let (found, lookup_error) = match (known, &nodes, node_name.is_empty()) {
         (Some(node), _, _) => (Some(Some(node)), None),
-        (None, Some(nodes), false) => match get_node(nodes, &node_name).await {
+        (None, Some(_), false) => match ctx.node(&node_name).await {
             Ok(found) => (Some(found), None),
             Err(error) => (Some(None), Some(error)),
         },
