@@ -6,18 +6,22 @@
 //! changed or deleted unless this provider's labels say it made it for this machine.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{NodeAddress, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::client::ClientBuilder;
-use kube::config::KubeConfigOptions;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachineinstances::VirtualMachineInstance;
 use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
+use lru::LruCache;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use crate::codes::MachineCode;
@@ -38,32 +42,77 @@ pub trait ClientFactory: Send + Sync {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError>;
 }
 
+/// How many provider clusters' clients are kept. A sidecar serves one shoot, whose
+/// MachineClasses share one or a few provider Secrets; 32 leaves room for rotations while
+/// the clients (connection pools) of kubeconfigs no longer used are dropped.
+const CLIENTS_KEPT: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+
 /// Builds clients from the kubeconfig in the provider secret, each request reported to
 /// the observer when there is one (the sidecar's cloud API metrics).
+///
+/// A client is built once per kubeconfig content and then reused by every call of every
+/// machine: building one sets up TLS, and a reused one keeps its connections. Clones share
+/// the kept clients.
 #[derive(Clone, Default)]
 pub struct KubeconfigClientFactory {
     observer: Option<Arc<dyn ApiCallObserver>>,
+    clients: Arc<KeptClients>,
+}
+
+/// Clients by the digest of the kubeconfig they were built from, least recently used
+/// evicted. Keyed by content, so a rotated token or certificate gets a client of its own.
+struct KeptClients {
+    by_digest: Mutex<LruCache<[u8; 32], Client>>,
+    /// Clients built, for tests and Debug.
+    built: AtomicUsize,
+}
+
+impl Default for KeptClients {
+    fn default() -> Self {
+        KeptClients {
+            by_digest: Mutex::new(LruCache::new(CLIENTS_KEPT)),
+            built: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl KeptClients {
+    /// The lock is never held across an await or while building, so a panic cannot leave
+    /// the cache half-changed: a poisoned lock is taken over as it is.
+    fn locked(&self) -> MutexGuard<'_, LruCache<[u8; 32], Client>> {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.locked().len()
+    }
+
+    fn built(&self) -> usize {
+        self.built.load(Ordering::Relaxed)
+    }
+}
+
+/// SHA-256 of the kubeconfig as the client is built from it. Through `serde_json::Value`,
+/// whose maps are sorted, so equal content gives equal digests where kube keeps a HashMap
+/// (impersonation extras). None if it cannot be serialized; the client is then not kept.
+fn kubeconfig_digest(kubeconfig: &Kubeconfig) -> Option<[u8; 32]> {
+    let canonical = serde_json::to_value(kubeconfig).ok()?;
+    let mut hasher = Sha256::new();
+    serde_json::to_writer(&mut hasher, &canonical).ok()?;
+    Some(hasher.finalize().into())
 }
 
 impl KubeconfigClientFactory {
     pub fn observed(observer: Arc<dyn ApiCallObserver>) -> Self {
         KubeconfigClientFactory {
             observer: Some(observer),
+            clients: Arc::default(),
         }
     }
-}
 
-impl std::fmt::Debug for KubeconfigClientFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeconfigClientFactory")
-            .field("observed", &self.observer.is_some())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl ClientFactory for KubeconfigClientFactory {
-    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+    async fn build(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
         // kube's messages here may quote kubeconfig entries; they are withheld so a
         // malformed credential never reaches logs or the Machine status.
         let unusable = |what: &str| {
@@ -95,9 +144,45 @@ impl ClientFactory for KubeconfigClientFactory {
                 None => builder.build(),
             })
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+        let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
             .map_err(|_| unusable("building the client"))?
-            .map_err(|_| unusable("building the client"))
+            .map_err(|_| unusable("building the client"))?;
+        self.clients.built.fetch_add(1, Ordering::Relaxed);
+        Ok(client)
+    }
+}
+
+/// Counts only: the kept clients' kubeconfigs are credentials.
+impl std::fmt::Debug for KubeconfigClientFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeconfigClientFactory")
+            .field("observed", &self.observer.is_some())
+            .field("clients_kept", &self.clients.len())
+            .field("clients_built", &self.clients.built())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ClientFactory for KubeconfigClientFactory {
+    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+        let Some(digest) = kubeconfig_digest(&access.kubeconfig) else {
+            return self.build(access).await;
+        };
+        if let Some(client) = self.clients.locked().get(&digest) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock, which is not held across an await. Calls racing for a
+        // new kubeconfig may each build one, which is harmless: the first kept is the one
+        // all of them get, the others are dropped unused.
+        // A failed build is not kept: the next call tries again and names the same error.
+        let built = self.build(access).await?;
+        let kept = self
+            .clients
+            .locked()
+            .get_or_insert(digest, || built)
+            .clone();
+        Ok(kept)
     }
 }
 
@@ -492,5 +577,172 @@ impl<F: ClientFactory> PluginSpi for KubeVirtSpi<F> {
             }
         }
         Ok(machines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::testing::{TOKEN, kubeconfig_yaml, secret_with};
+
+    /// Access through a kubeconfig as a provider Secret holds it, validated as the driver
+    /// validates it, for `server` with `token`.
+    fn access_at(server: &str, token: &str) -> ClusterAccess {
+        let yaml = kubeconfig_yaml(Some("vms"))
+            .replace("https://127.0.0.1:6443", server)
+            .replace(TOKEN, token);
+        ClusterAccess::from_secret(&secret_with(&[("kubeconfig", &yaml)])).unwrap()
+    }
+
+    fn access(token: &str) -> ClusterAccess {
+        access_at("https://127.0.0.1:6443", token)
+    }
+
+    /// A loopback server answering 404 to every request; the channel gets the bearer
+    /// token of each, so a test can tell which credentials a client holds.
+    fn token_recording_server() -> (String, mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (sent, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut token = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("authorization")
+                    {
+                        token = value.trim().trim_start_matches("Bearer ").to_owned();
+                    }
+                }
+                stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                if sent.send(token).is_err() {
+                    return;
+                }
+            }
+        });
+        (url, received)
+    }
+
+    /// The token `client` sends, as the server saw it.
+    async fn token_sent(client: &Client, server: &mpsc::Receiver<String>) -> String {
+        let request = http::Request::get("/version").body(Vec::new()).unwrap();
+        // 404: only the request matters.
+        let _ = client.request_text(request).await;
+        server.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_same_kubeconfig_builds_one_client() {
+        let factory = KubeconfigClientFactory::default();
+        // Parsed twice, as each driver call parses the Secret anew.
+        factory.client(&access("t")).await.unwrap();
+        factory.client(&access("t")).await.unwrap();
+        // Clones (one per driver) share the kept clients.
+        factory.clone().client(&access("t")).await.unwrap();
+        assert_eq!(factory.clients.built(), 1);
+        assert_eq!(factory.clients.len(), 1);
+
+        let shown = format!("{factory:?}");
+        assert!(
+            shown.contains("clients_kept: 1") && shown.contains("clients_built: 1"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("127.0.0.1") && !shown.contains("\"t\""),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_gets_a_new_client() {
+        let (url, server) = token_recording_server();
+        let factory = KubeconfigClientFactory::default();
+        let old = factory.client(&access_at(&url, "token-old")).await.unwrap();
+        assert_eq!(token_sent(&old, &server).await, "token-old");
+
+        let new = factory.client(&access_at(&url, "token-new")).await.unwrap();
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(token_sent(&new, &server).await, "token-new");
+        // Asked again, the new kubeconfig's client is the kept one, not the old.
+        let again = factory.client(&access_at(&url, "token-new")).await.unwrap();
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(token_sent(&again, &server).await, "token-new");
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_client_is_evicted_beyond_the_bound() {
+        let bound = CLIENTS_KEPT.get();
+        let factory = KubeconfigClientFactory::default();
+        for i in 0..bound {
+            factory.client(&access(&format!("t{i}"))).await.unwrap();
+            assert_eq!(factory.clients.len(), i + 1);
+        }
+        assert_eq!(factory.clients.len(), bound);
+        // t0 used again: t1 is now the least recently used.
+        factory.client(&access("t0")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound);
+
+        factory.client(&access("one-more")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 1);
+        assert_eq!(factory.clients.len(), bound);
+        factory.client(&access("t0")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 1, "t0 was evicted");
+        factory.client(&access("t1")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 2, "t1 was kept");
+        assert_eq!(factory.clients.len(), bound);
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_that_fails_to_build_is_not_kept() {
+        let unusable_tls = kubeconfig_yaml(Some("vms")).replace(
+            "insecure-skip-tls-verify: true",
+            "tls-server-name: 'not a server name'",
+        );
+        let failing = [
+            // No current context: loading the configuration fails.
+            ClusterAccess {
+                kubeconfig: Kubeconfig::default(),
+                namespace: "vms".to_owned(),
+            },
+            // Past validation only when built as here: TLS refuses the server name.
+            ClusterAccess {
+                kubeconfig: Kubeconfig::from_yaml(&unusable_tls).unwrap(),
+                namespace: "vms".to_owned(),
+            },
+        ];
+        let factory = KubeconfigClientFactory::default();
+        let error = async |access| match factory.client(access).await {
+            Ok(_) => panic!("a client was built"),
+            Err(error) => error.to_string(),
+        };
+        for access in &failing {
+            let first = error(access).await;
+            let second = error(access).await;
+            assert!(first.contains("secret.data.kubeconfig"), "{first}");
+            assert_eq!(first, second);
+            assert!(!first.contains(TOKEN), "{first}");
+        }
+        assert_eq!(factory.clients.len(), 0);
+        assert_eq!(factory.clients.built(), 0);
+        // A usable kubeconfig after them is built and kept as usual.
+        factory.client(&access("t")).await.unwrap();
+        assert_eq!(factory.clients.len(), 1);
     }
 }
