@@ -6,7 +6,6 @@
 //! changed or deleted unless this provider's labels say it made it for this machine.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -14,16 +13,16 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{NodeAddress, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachineinstances::VirtualMachineInstance;
 use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
 use lru::LruCache;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tracing::debug;
 
+use crate::client_stack::{
+    ClientStacks, KUBECONFIGS_KEPT, KubeconfigDigest, client_config, kubeconfig_digest,
+};
 use crate::codes::MachineCode;
 use crate::field::FieldError;
 use crate::kubevirt::api_calls::{ApiCallObserver, ObservedLayer};
@@ -42,27 +41,34 @@ pub trait ClientFactory: Send + Sync {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError>;
 }
 
-/// How many provider clusters' clients are kept. A sidecar serves one shoot, whose
-/// MachineClasses share one or a few provider Secrets; 32 leaves room for rotations while
-/// the clients (connection pools) of kubeconfigs no longer used are dropped.
-const CLIENTS_KEPT: NonZeroUsize = NonZeroUsize::new(32).unwrap();
-
 /// Builds clients from the kubeconfig in the provider secret, each request reported to
 /// the observer when there is one (the sidecar's cloud API metrics).
 ///
 /// A client is built once per kubeconfig content and then reused by every call of every
 /// machine: building one sets up TLS, and a reused one keeps its connections. Clones share
-/// the kept clients.
-#[derive(Clone, Default)]
+/// the kept clients. The TLS part comes from validation when it built it (see
+/// `client_stack.rs`), so a kubeconfig's TLS configuration is built once, not twice.
+#[derive(Clone)]
 pub struct KubeconfigClientFactory {
     observer: Option<Arc<dyn ApiCallObserver>>,
     clients: Arc<KeptClients>,
+    stacks: Arc<ClientStacks>,
+}
+
+impl Default for KubeconfigClientFactory {
+    fn default() -> Self {
+        KubeconfigClientFactory {
+            observer: None,
+            clients: Arc::default(),
+            stacks: ClientStacks::shared(),
+        }
+    }
 }
 
 /// Clients by the digest of the kubeconfig they were built from, least recently used
 /// evicted. Keyed by content, so a rotated token or certificate gets a client of its own.
 struct KeptClients {
-    by_digest: Mutex<LruCache<[u8; 32], Client>>,
+    by_digest: Mutex<LruCache<KubeconfigDigest, Client>>,
     /// Clients built, for tests and Debug.
     built: AtomicUsize,
 }
@@ -70,7 +76,7 @@ struct KeptClients {
 impl Default for KeptClients {
     fn default() -> Self {
         KeptClients {
-            by_digest: Mutex::new(LruCache::new(CLIENTS_KEPT)),
+            by_digest: Mutex::new(LruCache::new(KUBECONFIGS_KEPT)),
             built: AtomicUsize::new(0),
         }
     }
@@ -79,7 +85,7 @@ impl Default for KeptClients {
 impl KeptClients {
     /// The lock is never held across an await or while building, so a panic cannot leave
     /// the cache half-changed: a poisoned lock is taken over as it is.
-    fn locked(&self) -> MutexGuard<'_, LruCache<[u8; 32], Client>> {
+    fn locked(&self) -> MutexGuard<'_, LruCache<KubeconfigDigest, Client>> {
         self.by_digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -94,25 +100,31 @@ impl KeptClients {
     }
 }
 
-/// SHA-256 of the kubeconfig as the client is built from it. Through `serde_json::Value`,
-/// whose maps are sorted, so equal content gives equal digests where kube keeps a HashMap
-/// (impersonation extras). None if it cannot be serialized; the client is then not kept.
-fn kubeconfig_digest(kubeconfig: &Kubeconfig) -> Option<[u8; 32]> {
-    let canonical = serde_json::to_value(kubeconfig).ok()?;
-    let mut hasher = Sha256::new();
-    serde_json::to_writer(&mut hasher, &canonical).ok()?;
-    Some(hasher.finalize().into())
-}
-
 impl KubeconfigClientFactory {
     pub fn observed(observer: Arc<dyn ApiCallObserver>) -> Self {
         KubeconfigClientFactory {
             observer: Some(observer),
-            clients: Arc::default(),
+            ..Self::default()
         }
     }
 
-    async fn build(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+    /// A factory taking the stacks validation left in `stacks`, not the process's.
+    #[cfg(test)]
+    fn with_stacks(stacks: Arc<ClientStacks>) -> Self {
+        KubeconfigClientFactory {
+            stacks,
+            ..Self::default()
+        }
+    }
+
+    /// The client for `access`, from the stack validation built for `digest` if no client
+    /// took it yet, else from a stack built here (a kubeconfig not validated in this
+    /// process, or whose client was evicted).
+    fn build(
+        &self,
+        access: &ClusterAccess,
+        digest: Option<&KubeconfigDigest>,
+    ) -> Result<Client, SpiError> {
         // kube's messages here may quote kubeconfig entries; they are withheld so a
         // malformed credential never reaches logs or the Machine status.
         let unusable = |what: &str| {
@@ -124,28 +136,25 @@ impl KubeconfigClientFactory {
                 .into(),
             )
         };
-        let config = Config::from_custom_kubeconfig(
-            access.kubeconfig.clone(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|_| unusable("loading the client configuration"))?;
-        // No retries inside the client (kube retries 429/503/504 for minutes by default):
-        // the driver answers Unavailable and MCM's requeue retries, as with client-go.
-        let mut config = config;
-        config.default_retry = false;
-        // Validation rejects what is known to make kube panic here (a token that is no
-        // header value); a panic from anything it missed still must not end the sidecar.
-        let observer = self.observer.clone();
-        let build = move || -> Result<Client, kube::Error> {
-            let builder = ClientBuilder::try_from(config)?;
-            Ok(match observer {
-                Some(observer) => builder.with_layer(&ObservedLayer::new(observer)).build(),
-                None => builder.build(),
-            })
+        let stack = match digest.and_then(|digest| self.stacks.take(digest)) {
+            Some(stack) => stack,
+            None => {
+                let config = client_config(&access.kubeconfig)
+                    .map_err(|_| unusable("loading the client configuration"))?;
+                // Validation rejects what is known to make kube panic here (a token that
+                // is no header value); `build` catches a panic from anything it missed.
+                self.stacks
+                    .build(config)
+                    .map_err(|_| unusable("building the client"))?
+            }
         };
+        let observer = self.observer.clone();
+        let build = move || match observer {
+            Some(observer) => stack.with_layer(&ObservedLayer::new(observer)).build(),
+            None => stack.build(),
+        };
+        // Outside a runtime kube panics spawning the request buffer; not the sidecar's end.
         let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
-            .map_err(|_| unusable("building the client"))?
             .map_err(|_| unusable("building the client"))?;
         self.clients.built.fetch_add(1, Ordering::Relaxed);
         Ok(client)
@@ -167,7 +176,7 @@ impl std::fmt::Debug for KubeconfigClientFactory {
 impl ClientFactory for KubeconfigClientFactory {
     async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
         let Some(digest) = kubeconfig_digest(&access.kubeconfig) else {
-            return self.build(access).await;
+            return self.build(access, None);
         };
         if let Some(client) = self.clients.locked().get(&digest) {
             return Ok(client.clone());
@@ -176,7 +185,7 @@ impl ClientFactory for KubeconfigClientFactory {
         // new kubeconfig may each build one, which is harmless: the first kept is the one
         // all of them get, the others are dropped unused.
         // A failed build is not kept: the next call tries again and names the same error.
-        let built = self.build(access).await?;
+        let built = self.build(access, Some(&digest))?;
         let kept = self
             .clients
             .locked()
@@ -588,6 +597,8 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    use kube::config::Kubeconfig;
+
     use crate::testing::{TOKEN, kubeconfig_yaml, secret_with};
 
     /// Access through a kubeconfig as a provider Secret holds it, validated as the driver
@@ -601,6 +612,18 @@ mod tests {
 
     fn access(token: &str) -> ClusterAccess {
         access_at("https://127.0.0.1:6443", token)
+    }
+
+    /// As [`access_at`], validated into `stacks` instead of the process's.
+    fn validated_in(stacks: &ClientStacks, server: &str, token: &str) -> ClusterAccess {
+        let yaml = kubeconfig_yaml(Some("vms"))
+            .replace("https://127.0.0.1:6443", server)
+            .replace(TOKEN, token);
+        let data = BTreeMap::from([(
+            "kubeconfig".to_owned(),
+            k8s_openapi::ByteString(yaml.into_bytes()),
+        )]);
+        ClusterAccess::from_data_in(&data, stacks).unwrap()
     }
 
     /// A loopback server answering 404 to every request; the channel gets the bearer
@@ -670,6 +693,39 @@ mod tests {
         );
     }
 
+    /// What the driver does on every call: validate the Secret, then get the client. The
+    /// TLS stack is built by the first validation of a content only; the client is made
+    /// from that very stack (it sends that content's token).
+    #[tokio::test]
+    async fn the_client_stack_is_built_once_per_content_for_validation_and_client() {
+        let (url, server) = token_recording_server();
+        let stacks = Arc::new(ClientStacks::default());
+        let factory = KubeconfigClientFactory::with_stacks(stacks.clone());
+        for _ in 0..3 {
+            let access = validated_in(&stacks, &url, "token-a");
+            let client = factory.client(&access).await.unwrap();
+            assert_eq!(token_sent(&client, &server).await, "token-a");
+        }
+        assert_eq!(stacks.builds(), 1, "validation and client share one build");
+        assert_eq!(factory.clients.built(), 1);
+
+        for _ in 0..2 {
+            let access = validated_in(&stacks, &url, "token-b");
+            let client = factory.client(&access).await.unwrap();
+            assert_eq!(token_sent(&client, &server).await, "token-b");
+        }
+        assert_eq!(stacks.builds(), 2, "a rotated token is built once");
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(stacks.len(), 2);
+
+        // A factory that finds no stack left (another took it) builds its own.
+        let other = KubeconfigClientFactory::with_stacks(stacks.clone());
+        let access = validated_in(&stacks, &url, "token-b");
+        let client = other.client(&access).await.unwrap();
+        assert_eq!(token_sent(&client, &server).await, "token-b");
+        assert_eq!(stacks.builds(), 3);
+    }
+
     #[tokio::test]
     async fn a_rotated_token_gets_a_new_client() {
         let (url, server) = token_recording_server();
@@ -688,7 +744,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_least_recently_used_client_is_evicted_beyond_the_bound() {
-        let bound = CLIENTS_KEPT.get();
+        let bound = KUBECONFIGS_KEPT.get();
         let factory = KubeconfigClientFactory::default();
         for i in 0..bound {
             factory.client(&access(&format!("t{i}"))).await.unwrap();
