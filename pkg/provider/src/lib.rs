@@ -7,6 +7,7 @@
 //! - [`kubevirt`]: VM composition and the kube-backed SPI.
 //! - [`mcm`]: the `machine.sapcloud.io/v1alpha1` objects.
 
+pub(crate) mod client_stack;
 pub mod codes;
 pub mod driver;
 pub mod field;

@@ -9,11 +9,11 @@ use std::fmt;
 use http::HeaderValue;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Config;
-use kube::client::{ClientBuilder, RustlsTlsError};
+use kube::client::RustlsTlsError;
 use kube::config::{AuthInfo, Cluster, Kubeconfig, KubeconfigError};
 use secrecy::ExposeSecret;
 
+use crate::client_stack::{ClientStacks, client_config, kubeconfig_digest};
 use crate::field::{FieldError, FieldErrorKind, FieldErrors, FieldPath};
 
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
@@ -78,12 +78,19 @@ impl ClusterAccess {
     }
 
     pub fn from_data(data: &BTreeMap<String, ByteString>) -> Result<ClusterAccess, FieldErrors> {
+        Self::from_data_in(data, &ClientStacks::shared())
+    }
+
+    /// As [`ClusterAccess::from_data`], remembering validated kubeconfigs in `stacks`.
+    pub(crate) fn from_data_in(
+        data: &BTreeMap<String, ByteString>,
+        stacks: &ClientStacks,
+    ) -> Result<ClusterAccess, FieldErrors> {
         let path = kubeconfig_path();
         match data.get(KUBECONFIG_KEY).map(|bytes| bytes.0.as_slice()) {
             None | Some([]) => Err(FieldError::required(&path, "cannot be empty").into()),
-            Some(bytes) => {
-                parse_kubeconfig(bytes).map_err(|detail| FieldError::invalid(&path, detail).into())
-            }
+            Some(bytes) => parse_kubeconfig(bytes, stacks)
+                .map_err(|detail| FieldError::invalid(&path, detail).into()),
         }
     }
 }
@@ -139,7 +146,7 @@ pub fn withheld_yaml_error(error: &serde_saphyr::Error) -> String {
 ///
 /// Errors describe the structure only: the YAML parser's messages can quote values,
 /// and those values are tokens and keys.
-fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
+fn parse_kubeconfig(bytes: &[u8], stacks: &ClientStacks) -> Result<ClusterAccess, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
     let kubeconfig = Kubeconfig::from_yaml(text).map_err(|error| match &error {
         KubeconfigError::Parse(yaml) => {
@@ -181,7 +188,7 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<ClusterAccess, String> {
             .and_then(|named| named.auth_info.as_ref())
     });
     refuse_local_references(&context.cluster, cluster, context.user.as_deref(), user)?;
-    check_client_config(&kubeconfig)?;
+    check_client_config(&kubeconfig, stacks)?;
     let namespace = context
         .namespace
         .clone()
@@ -234,8 +241,17 @@ fn refuse_local_references(
 /// The client configuration kube derives from the kubeconfig, built as the SPI builds it
 /// but without connecting: server URL, certificate authority and client identity. kube's
 /// own messages are not passed on, as they may quote what they could not parse.
-fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
-    let config = Config::try_from(kubeconfig.clone()).map_err(|error| {
+///
+/// The outcome depends on the kubeconfig alone, so a success is remembered by its digest
+/// and not checked again; the stack it built is left in `stacks` for the client factory,
+/// which then builds none itself: one TLS configuration per kubeconfig content. The raw
+/// Secret bytes are not the key because the factory knows only the parsed kubeconfig.
+fn check_client_config(kubeconfig: &Kubeconfig, stacks: &ClientStacks) -> Result<(), String> {
+    let digest = kubeconfig_digest(kubeconfig);
+    if digest.is_some_and(|digest| stacks.validated(&digest)) {
+        return Ok(());
+    }
+    let config = client_config(kubeconfig).map_err(|error| {
         match error {
             KubeconfigError::MissingClusterUrl | KubeconfigError::ParseClusterUrl(_) => {
                 "has a server that is not a URL"
@@ -280,18 +296,25 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
     let unbuildable = || {
         "has settings no client can be built from (such as an invalid tls-server-name)".to_owned()
     };
-    match std::panic::catch_unwind(|| ClientBuilder::try_from(config)) {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(kube::Error::RustlsTls(RustlsTlsError::InvalidServerName(_)))) => Err(unbuildable()),
-        Ok(Err(kube::Error::RustlsTls(_))) => Err(
+    match stacks.build(config) {
+        Ok(stack) => {
+            if let Some(digest) = digest {
+                stacks.remember(digest, stack);
+            }
+            Ok(())
+        }
+        Err(Some(kube::Error::RustlsTls(RustlsTlsError::InvalidServerName(_)))) => {
+            Err(unbuildable())
+        }
+        Err(Some(kube::Error::RustlsTls(_))) => Err(
             "has a client certificate, client key or certificate authority that TLS cannot use"
                 .to_owned(),
         ),
-        Ok(Err(kube::Error::HttpError(_))) => Err(
+        Err(Some(kube::Error::HttpError(_))) => Err(
             "has impersonation settings (as, as-groups, as-user-extra) that cannot be sent as HTTP headers"
                 .to_owned(),
         ),
-        _ => Err(unbuildable()),
+        Err(_) => Err(unbuildable()),
     }
 }
 
@@ -299,6 +322,7 @@ fn check_client_config(kubeconfig: &Kubeconfig) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    use crate::client_stack::KUBECONFIGS_KEPT;
     use crate::testing::{TOKEN, kubeconfig_yaml};
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
@@ -366,6 +390,91 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    /// The validation the driver runs on every call of every machine builds kube's client
+    /// stack (TLS) once per kubeconfig content: again only when the content changes.
+    #[test]
+    fn the_client_stack_is_built_once_per_kubeconfig_content() {
+        let stacks = ClientStacks::default();
+        let validate = |yaml: &str| {
+            ClusterAccess::from_data_in(&data(&[("kubeconfig", yaml.as_bytes())]), &stacks).unwrap()
+        };
+        let kc = kubeconfig_yaml(Some("vms"));
+        for _ in 0..3 {
+            assert_eq!(validate(&kc).namespace, "vms");
+        }
+        assert_eq!(stacks.builds(), 1);
+        // The same content laid out differently is the same kubeconfig.
+        validate(&format!("# rotated by nobody\n{kc}"));
+        assert_eq!(stacks.builds(), 1);
+
+        let rotated = kc.replace(TOKEN, "another-token");
+        validate(&rotated);
+        validate(&rotated);
+        assert_eq!(
+            stacks.builds(),
+            2,
+            "a changed token is validated again, once"
+        );
+        validate(&kc);
+        assert_eq!(stacks.builds(), 2);
+        assert_eq!(stacks.len(), 2);
+        let shown = format!("{stacks:?}");
+        assert!(
+            !shown.contains(TOKEN) && !shown.contains("another-token"),
+            "{shown}"
+        );
+    }
+
+    /// Only successes are remembered: a kubeconfig kube cannot build a client from is
+    /// built and rejected on every call, with the same field-named error.
+    #[test]
+    fn a_failing_kubeconfig_is_not_remembered() {
+        let stacks = ClientStacks::default();
+        let failing = kubeconfig_yaml(None).replace(
+            "insecure-skip-tls-verify: true",
+            "tls-server-name: 'not a server name'",
+        );
+        let validate = || {
+            ClusterAccess::from_data_in(&data(&[("kubeconfig", failing.as_bytes())]), &stacks)
+                .unwrap_err()
+                .to_string()
+        };
+        let first = validate();
+        let second = validate();
+        assert!(
+            first.starts_with("secret.data.kubeconfig: Invalid value"),
+            "{first}"
+        );
+        assert!(first.contains("tls-server-name"), "{first}");
+        assert!(!first.contains(TOKEN), "{first}");
+        assert_eq!(first, second);
+        assert_eq!(stacks.builds(), 2, "tried again, not remembered");
+        assert_eq!(stacks.len(), 0);
+    }
+
+    #[test]
+    fn validated_kubeconfigs_are_kept_up_to_the_bound() {
+        let bound = KUBECONFIGS_KEPT.get();
+        let stacks = ClientStacks::default();
+        let validate = |token: &str| {
+            let kc = kubeconfig_yaml(None).replace(TOKEN, token);
+            ClusterAccess::from_data_in(&data(&[("kubeconfig", kc.as_bytes())]), &stacks).unwrap();
+        };
+        for i in 0..=bound {
+            validate(&format!("t{i}"));
+        }
+        assert_eq!(stacks.len(), bound);
+        assert_eq!(stacks.builds(), bound + 1);
+        validate(&format!("t{bound}"));
+        assert_eq!(stacks.builds(), bound + 1, "the last is kept");
+        validate("t0");
+        assert_eq!(
+            stacks.builds(),
+            bound + 2,
+            "the least recently used was evicted"
+        );
     }
 
     #[test]

@@ -6,20 +6,23 @@
 //! changed or deleted unless this provider's labels say it made it for this machine.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{NodeAddress, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::client::ClientBuilder;
-use kube::config::KubeConfigOptions;
-use kube::{Client, Config, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::kubevirt::v1::virtualmachineinstances::VirtualMachineInstance;
 use kubevirt_api::kubevirt::v1::virtualmachines::VirtualMachine;
+use lru::LruCache;
 use serde_json::json;
 use tracing::debug;
 
+use crate::client_stack::{
+    ClientStacks, KUBECONFIGS_KEPT, KubeconfigDigest, client_config, kubeconfig_digest,
+};
 use crate::codes::MachineCode;
 use crate::field::FieldError;
 use crate::kubevirt::api_calls::{ApiCallObserver, ObservedLayer};
@@ -40,30 +43,88 @@ pub trait ClientFactory: Send + Sync {
 
 /// Builds clients from the kubeconfig in the provider secret, each request reported to
 /// the observer when there is one (the sidecar's cloud API metrics).
-#[derive(Clone, Default)]
+///
+/// A client is built once per kubeconfig content and then reused by every call of every
+/// machine: building one sets up TLS, and a reused one keeps its connections. Clones share
+/// the kept clients. The TLS part comes from validation when it built it (see
+/// `client_stack.rs`), so a kubeconfig's TLS configuration is built once, not twice.
+#[derive(Clone)]
 pub struct KubeconfigClientFactory {
     observer: Option<Arc<dyn ApiCallObserver>>,
+    clients: Arc<KeptClients>,
+    stacks: Arc<ClientStacks>,
+}
+
+impl Default for KubeconfigClientFactory {
+    fn default() -> Self {
+        KubeconfigClientFactory {
+            observer: None,
+            clients: Arc::default(),
+            stacks: ClientStacks::shared(),
+        }
+    }
+}
+
+/// Clients by the digest of the kubeconfig they were built from, least recently used
+/// evicted. Keyed by content, so a rotated token or certificate gets a client of its own.
+struct KeptClients {
+    by_digest: Mutex<LruCache<KubeconfigDigest, Client>>,
+    /// Clients built, for tests and Debug.
+    built: AtomicUsize,
+}
+
+impl Default for KeptClients {
+    fn default() -> Self {
+        KeptClients {
+            by_digest: Mutex::new(LruCache::new(KUBECONFIGS_KEPT)),
+            built: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl KeptClients {
+    /// The lock is never held across an await or while building, so a panic cannot leave
+    /// the cache half-changed: a poisoned lock is taken over as it is.
+    fn locked(&self) -> MutexGuard<'_, LruCache<KubeconfigDigest, Client>> {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.locked().len()
+    }
+
+    fn built(&self) -> usize {
+        self.built.load(Ordering::Relaxed)
+    }
 }
 
 impl KubeconfigClientFactory {
     pub fn observed(observer: Arc<dyn ApiCallObserver>) -> Self {
         KubeconfigClientFactory {
             observer: Some(observer),
+            ..Self::default()
         }
     }
-}
 
-impl std::fmt::Debug for KubeconfigClientFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeconfigClientFactory")
-            .field("observed", &self.observer.is_some())
-            .finish()
+    /// A factory taking the stacks validation left in `stacks`, not the process's.
+    #[cfg(test)]
+    fn with_stacks(stacks: Arc<ClientStacks>) -> Self {
+        KubeconfigClientFactory {
+            stacks,
+            ..Self::default()
+        }
     }
-}
 
-#[async_trait]
-impl ClientFactory for KubeconfigClientFactory {
-    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+    /// The client for `access`, from the stack validation built for `digest` if no client
+    /// took it yet, else from a stack built here (a kubeconfig not validated in this
+    /// process, or whose client was evicted).
+    fn build(
+        &self,
+        access: &ClusterAccess,
+        digest: Option<&KubeconfigDigest>,
+    ) -> Result<Client, SpiError> {
         // kube's messages here may quote kubeconfig entries; they are withheld so a
         // malformed credential never reaches logs or the Machine status.
         let unusable = |what: &str| {
@@ -75,29 +136,62 @@ impl ClientFactory for KubeconfigClientFactory {
                 .into(),
             )
         };
-        let config = Config::from_custom_kubeconfig(
-            access.kubeconfig.clone(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|_| unusable("loading the client configuration"))?;
-        // No retries inside the client (kube retries 429/503/504 for minutes by default):
-        // the driver answers Unavailable and MCM's requeue retries, as with client-go.
-        let mut config = config;
-        config.default_retry = false;
-        // Validation rejects what is known to make kube panic here (a token that is no
-        // header value); a panic from anything it missed still must not end the sidecar.
-        let observer = self.observer.clone();
-        let build = move || -> Result<Client, kube::Error> {
-            let builder = ClientBuilder::try_from(config)?;
-            Ok(match observer {
-                Some(observer) => builder.with_layer(&ObservedLayer::new(observer)).build(),
-                None => builder.build(),
-            })
+        let stack = match digest.and_then(|digest| self.stacks.take(digest)) {
+            Some(stack) => stack,
+            None => {
+                let config = client_config(&access.kubeconfig)
+                    .map_err(|_| unusable("loading the client configuration"))?;
+                // Validation rejects what is known to make kube panic here (a token that
+                // is no header value); `build` catches a panic from anything it missed.
+                self.stacks
+                    .build(config)
+                    .map_err(|_| unusable("building the client"))?
+            }
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
-            .map_err(|_| unusable("building the client"))?
-            .map_err(|_| unusable("building the client"))
+        let observer = self.observer.clone();
+        let build = move || match observer {
+            Some(observer) => stack.with_layer(&ObservedLayer::new(observer)).build(),
+            None => stack.build(),
+        };
+        // Outside a runtime kube panics spawning the request buffer; not the sidecar's end.
+        let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+            .map_err(|_| unusable("building the client"))?;
+        self.clients.built.fetch_add(1, Ordering::Relaxed);
+        Ok(client)
+    }
+}
+
+/// Counts only: the kept clients' kubeconfigs are credentials.
+impl std::fmt::Debug for KubeconfigClientFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeconfigClientFactory")
+            .field("observed", &self.observer.is_some())
+            .field("clients_kept", &self.clients.len())
+            .field("clients_built", &self.clients.built())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ClientFactory for KubeconfigClientFactory {
+    async fn client(&self, access: &ClusterAccess) -> Result<Client, SpiError> {
+        let Some(digest) = kubeconfig_digest(&access.kubeconfig) else {
+            return self.build(access, None);
+        };
+        if let Some(client) = self.clients.locked().get(&digest) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock, which is not held across an await. Calls racing for a
+        // new kubeconfig may each build one, which is harmless: the first kept is the one
+        // all of them get, the others are dropped unused.
+        // A failed build is not kept: the next call tries again and names the same error.
+        let built = self.build(access, Some(&digest))?;
+        let kept = self
+            .clients
+            .locked()
+            .get_or_insert(digest, || built)
+            .clone();
+        Ok(kept)
     }
 }
 
@@ -492,5 +586,219 @@ impl<F: ClientFactory> PluginSpi for KubeVirtSpi<F> {
             }
         }
         Ok(machines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use kube::config::Kubeconfig;
+
+    use crate::testing::{TOKEN, kubeconfig_yaml, secret_with};
+
+    /// Access through a kubeconfig as a provider Secret holds it, validated as the driver
+    /// validates it, for `server` with `token`.
+    fn access_at(server: &str, token: &str) -> ClusterAccess {
+        let yaml = kubeconfig_yaml(Some("vms"))
+            .replace("https://127.0.0.1:6443", server)
+            .replace(TOKEN, token);
+        ClusterAccess::from_secret(&secret_with(&[("kubeconfig", &yaml)])).unwrap()
+    }
+
+    fn access(token: &str) -> ClusterAccess {
+        access_at("https://127.0.0.1:6443", token)
+    }
+
+    /// As [`access_at`], validated into `stacks` instead of the process's.
+    fn validated_in(stacks: &ClientStacks, server: &str, token: &str) -> ClusterAccess {
+        let yaml = kubeconfig_yaml(Some("vms"))
+            .replace("https://127.0.0.1:6443", server)
+            .replace(TOKEN, token);
+        let data = BTreeMap::from([(
+            "kubeconfig".to_owned(),
+            k8s_openapi::ByteString(yaml.into_bytes()),
+        )]);
+        ClusterAccess::from_data_in(&data, stacks).unwrap()
+    }
+
+    /// A loopback server answering 404 to every request; the channel gets the bearer
+    /// token of each, so a test can tell which credentials a client holds.
+    fn token_recording_server() -> (String, mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (sent, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut token = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("authorization")
+                    {
+                        token = value.trim().trim_start_matches("Bearer ").to_owned();
+                    }
+                }
+                stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                if sent.send(token).is_err() {
+                    return;
+                }
+            }
+        });
+        (url, received)
+    }
+
+    /// The token `client` sends, as the server saw it.
+    async fn token_sent(client: &Client, server: &mpsc::Receiver<String>) -> String {
+        let request = http::Request::get("/version").body(Vec::new()).unwrap();
+        // 404: only the request matters.
+        let _ = client.request_text(request).await;
+        server.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_same_kubeconfig_builds_one_client() {
+        let factory = KubeconfigClientFactory::default();
+        // Parsed twice, as each driver call parses the Secret anew.
+        factory.client(&access("t")).await.unwrap();
+        factory.client(&access("t")).await.unwrap();
+        // Clones (one per driver) share the kept clients.
+        factory.clone().client(&access("t")).await.unwrap();
+        assert_eq!(factory.clients.built(), 1);
+        assert_eq!(factory.clients.len(), 1);
+
+        let shown = format!("{factory:?}");
+        assert!(
+            shown.contains("clients_kept: 1") && shown.contains("clients_built: 1"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("127.0.0.1") && !shown.contains("\"t\""),
+            "{shown}"
+        );
+    }
+
+    /// What the driver does on every call: validate the Secret, then get the client. The
+    /// TLS stack is built by the first validation of a content only; the client is made
+    /// from that very stack (it sends that content's token).
+    #[tokio::test]
+    async fn the_client_stack_is_built_once_per_content_for_validation_and_client() {
+        let (url, server) = token_recording_server();
+        let stacks = Arc::new(ClientStacks::default());
+        let factory = KubeconfigClientFactory::with_stacks(stacks.clone());
+        for _ in 0..3 {
+            let access = validated_in(&stacks, &url, "token-a");
+            let client = factory.client(&access).await.unwrap();
+            assert_eq!(token_sent(&client, &server).await, "token-a");
+        }
+        assert_eq!(stacks.builds(), 1, "validation and client share one build");
+        assert_eq!(factory.clients.built(), 1);
+
+        for _ in 0..2 {
+            let access = validated_in(&stacks, &url, "token-b");
+            let client = factory.client(&access).await.unwrap();
+            assert_eq!(token_sent(&client, &server).await, "token-b");
+        }
+        assert_eq!(stacks.builds(), 2, "a rotated token is built once");
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(stacks.len(), 2);
+
+        // A factory that finds no stack left (another took it) builds its own.
+        let other = KubeconfigClientFactory::with_stacks(stacks.clone());
+        let access = validated_in(&stacks, &url, "token-b");
+        let client = other.client(&access).await.unwrap();
+        assert_eq!(token_sent(&client, &server).await, "token-b");
+        assert_eq!(stacks.builds(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_gets_a_new_client() {
+        let (url, server) = token_recording_server();
+        let factory = KubeconfigClientFactory::default();
+        let old = factory.client(&access_at(&url, "token-old")).await.unwrap();
+        assert_eq!(token_sent(&old, &server).await, "token-old");
+
+        let new = factory.client(&access_at(&url, "token-new")).await.unwrap();
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(token_sent(&new, &server).await, "token-new");
+        // Asked again, the new kubeconfig's client is the kept one, not the old.
+        let again = factory.client(&access_at(&url, "token-new")).await.unwrap();
+        assert_eq!(factory.clients.built(), 2);
+        assert_eq!(token_sent(&again, &server).await, "token-new");
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_client_is_evicted_beyond_the_bound() {
+        let bound = KUBECONFIGS_KEPT.get();
+        let factory = KubeconfigClientFactory::default();
+        for i in 0..bound {
+            factory.client(&access(&format!("t{i}"))).await.unwrap();
+            assert_eq!(factory.clients.len(), i + 1);
+        }
+        assert_eq!(factory.clients.len(), bound);
+        // t0 used again: t1 is now the least recently used.
+        factory.client(&access("t0")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound);
+
+        factory.client(&access("one-more")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 1);
+        assert_eq!(factory.clients.len(), bound);
+        factory.client(&access("t0")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 1, "t0 was evicted");
+        factory.client(&access("t1")).await.unwrap();
+        assert_eq!(factory.clients.built(), bound + 2, "t1 was kept");
+        assert_eq!(factory.clients.len(), bound);
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_that_fails_to_build_is_not_kept() {
+        let unusable_tls = kubeconfig_yaml(Some("vms")).replace(
+            "insecure-skip-tls-verify: true",
+            "tls-server-name: 'not a server name'",
+        );
+        let failing = [
+            // No current context: loading the configuration fails.
+            ClusterAccess {
+                kubeconfig: Kubeconfig::default(),
+                namespace: "vms".to_owned(),
+            },
+            // Past validation only when built as here: TLS refuses the server name.
+            ClusterAccess {
+                kubeconfig: Kubeconfig::from_yaml(&unusable_tls).unwrap(),
+                namespace: "vms".to_owned(),
+            },
+        ];
+        let factory = KubeconfigClientFactory::default();
+        let error = async |access| match factory.client(access).await {
+            Ok(_) => panic!("a client was built"),
+            Err(error) => error.to_string(),
+        };
+        for access in &failing {
+            let first = error(access).await;
+            let second = error(access).await;
+            assert!(first.contains("secret.data.kubeconfig"), "{first}");
+            assert_eq!(first, second);
+            assert!(!first.contains(TOKEN), "{first}");
+        }
+        assert_eq!(factory.clients.len(), 0);
+        assert_eq!(factory.clients.built(), 0);
+        // A usable kubeconfig after them is built and kept as usual.
+        factory.client(&access("t")).await.unwrap();
+        assert_eq!(factory.clients.len(), 1);
     }
 }
