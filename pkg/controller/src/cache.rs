@@ -125,6 +125,19 @@ where
         })
     }
 
+    /// The objects the watch applies or deletes: another kind's triggers (a deleted class
+    /// concerns its Secrets, a deleted Node its Machine).
+    pub fn touched(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + use<K> {
+        self.subscribe().filter_map(|event| async move {
+            match event {
+                watcher::Event::Apply(object)
+                | watcher::Event::InitApply(object)
+                | watcher::Event::Delete(object) => Some(Ok(object)),
+                _ => None,
+            }
+        })
+    }
+
     /// Runs the watch until the process ends; errors are logged and retried with backoff.
     pub async fn run(self) {
         let subscribers = self

@@ -207,29 +207,43 @@ pub async fn write_status(
         .await
 }
 
+/// The status MCM's `machineStatusUpdate` writes: lastOperation, currentStatus and
+/// lastKnownState set, the stored unknown fields kept.
+pub fn updated_status(
+    machine: &Machine,
+    operation: LastOperation,
+    current: CurrentStatus,
+    last_known_state: Option<String>,
+) -> MachineStatus {
+    let old = status_of(machine);
+    let mut new = old.clone();
+    new.last_operation = Some(operation);
+    new.current_status = Some(current);
+    new.last_known_state = last_known_state;
+    keep_unknown_fields(Some(&old), &mut new);
+    new
+}
+
 /// MCM's `machineStatusUpdate`: sets lastOperation, currentStatus and lastKnownState,
-/// unless that changes nothing. The requeue is the caller's unless the write failed.
+/// unless that changes nothing; answers whether it wrote. The requeue is the caller's
+/// unless the write failed.
 pub async fn update_machine_status(
     ctx: &Context,
     machine: &Machine,
     operation: LastOperation,
     current: CurrentStatus,
     last_known_state: Option<String>,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let old = status_of(machine);
-    let mut new = old.clone();
-    new.last_operation = Some(operation);
-    new.current_status = Some(current);
-    new.last_known_state = last_known_state;
-    // Before comparing: the stored unknown fields are part of what would be written.
-    keep_unknown_fields(Some(&old), &mut new);
+    // Compared with the stored unknown fields in: they are part of what would be written.
+    let new = updated_status(machine, operation, current, last_known_state);
     let name = machine.metadata.name.as_deref().unwrap_or_default();
     if is_similar(&old, &new) {
         debug!(machine = name, "status unchanged; not written");
-        return Ok(());
+        return Ok(false);
     }
     match write_status(ctx, machine, new).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(error) => {
             warn!(machine = name, "status update failed: {error}");
             Err(ApiError::new("Machine/status UPDATE failed", error))

@@ -254,7 +254,7 @@ fn machines(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = (
         Some(nodes) => {
             let namespace = namespace.clone();
             let machines = store.clone();
-            controller.watches_stream(nodes.applied(), move |node: Node| {
+            controller.watches_stream(nodes.touched(), move |node: Node| {
                 machines_of_node(&machines, &node, &namespace)
             })
         }
@@ -264,7 +264,7 @@ fn machines(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = (
     // applied first: a class event reconciles its machines at once (MCM enqueues them when
     // it places the finalizer) instead of after their retry period.
     let controller = controller
-        .watches_stream(informers.classes.applied(), move |class: MachineClass| {
+        .watches_stream(informers.classes.touched(), move |class: MachineClass| {
             machines_of_class(&store, &class, &namespace)
         });
     controller
@@ -314,7 +314,7 @@ fn machine_classes(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Out
 fn secrets(ctx: &Arc<Context>, informers: &Informers) -> impl Future<Output = ()> + use<> {
     let namespace = ctx.namespace().to_owned();
     Controller::for_stream(informers.secrets.applied(), informers.secrets.store())
-        .watches_stream(informers.classes.applied(), move |class: MachineClass| {
+        .watches_stream(informers.classes.touched(), move |class: MachineClass| {
             secrets_of_class(&class, &namespace)
         })
         .run(

@@ -457,7 +457,9 @@ impl Harness {
                     .map_err(|e| e.to_string())?;
                     let result = nodes.create(&PostParams::default(), &node).await;
                     self.own.note("POST", "nodes", &result, 201);
-                    result.map(drop).map_err(|e| format!("create node {i}: {e}"))
+                    result
+                        .map(drop)
+                        .map_err(|e| format!("create node {i}: {e}"))
                 }
             })
             .buffer_unordered(self.args.client_concurrency.max(1))
@@ -1245,7 +1247,11 @@ mcm_cloud_api_requests_failed_total{provider="kubevirt",service="virtualmachines
         let counted = Counted::parse(text);
         assert_eq!(counted.of_cluster("control"), 3.0, "watches are left out");
         assert_eq!(counted.of_cluster("target"), 2.0);
-        assert_eq!(counted.of_cluster("provider"), 4.0, "failures are not added");
+        assert_eq!(
+            counted.of_cluster("provider"),
+            4.0,
+            "failures are not added"
+        );
         let before = Counted::parse(
             r#"mcm_machine_controller_api_requests_total{cluster="control",verb="update",resource="machines"} 1"#,
         );

@@ -227,7 +227,7 @@ async fn create_failed(ctx: &Context, machine: &Machine, error: MachineError) ->
     )
     .await
     {
-        Ok(()) => CreationError::Driver(error).into(),
+        Ok(_) => CreationError::Driver(error).into(),
         Err(write) => CreationError::Api(write).into(),
     }
 }

@@ -1,7 +1,9 @@
 //! MCM's deletion flow (`triggerDeletionFlow`) as a step machine persisted in
-//! `status.lastOperation.description`: each step ends by writing the next step's name,
-//! so a restarted controller resumes where the last one stopped. [`steps`] decides;
-//! this module and [`node`] do the calls and persist each [`Transition`].
+//! `status.lastOperation.description`: a step ends by writing the next step's name, so a
+//! restarted controller resumes where the last one stopped. Unlike MCM, a step that
+//! succeeds and leads on is followed in the same reconcile without that write (see
+//! [`steps::moves_on_at_once`]): what waits or fails is written, what goes through is not.
+//! [`steps`] decides; this module and [`node`] do the calls and persist each [`Transition`].
 
 pub mod drain;
 pub mod drain_plan;
@@ -20,32 +22,110 @@ use crate::machine::bootstrap_token::delete_bootstrap_token;
 use crate::machine::settings::elapsed_since;
 use crate::machine::status::{
     current_status, description_of, last_operation, phase_of, status_of, update_machine_status,
+    updated_status, write_status,
 };
 use crate::names::{MCM_FINALIZER, operation, phase, state};
 use crate::runtime::metrics::MachineDuration;
 use crate::util::finalizers::{has_finalizer, set_finalizer};
 use drain::{DrainPurpose, drain_pass, forced_drain, save_drain_state};
-pub use steps::{DeletionStep, KnownState, Transition};
+pub use steps::{DeletionStep, KnownState, Transition, moves_on_at_once};
 
-/// One deletion step for a machine with a deletionTimestamp.
+/// How a deletion step ended.
+pub enum StepEnd {
+    /// With this requeue. `written`: the step wrote the Machine's status; `reached`: the
+    /// Machine with the status the step's transition sets, when that was not written.
+    Requeue {
+        requeue: Requeue,
+        written: bool,
+        reached: Option<Box<Machine>>,
+    },
+    /// On to a later step at once, the Machine's status updated in memory only.
+    MovedOn(Box<Machine>),
+}
+
+impl StepEnd {
+    /// A step that wrote what it reached (or removed the Machine's finalizer: nothing is
+    /// left to write).
+    fn written(requeue: Requeue) -> Self {
+        StepEnd::Requeue {
+            requeue,
+            written: true,
+            reached: None,
+        }
+    }
+}
+
+impl From<Requeue> for StepEnd {
+    fn from(requeue: Requeue) -> Self {
+        StepEnd::Requeue {
+            requeue,
+            written: false,
+            reached: None,
+        }
+    }
+}
+
+/// Steps one reconcile runs at most: all six after Terminate, so the loop always ends.
+const MAX_STEPS_PER_RECONCILE: usize = 6;
+
+/// The deletion steps for a machine with a deletionTimestamp, from the one its status
+/// names, as far as they go without waiting.
 pub async fn deletion_flow(
     ctx: &Context,
     request: &MachineRequest,
 ) -> Result<Requeue, ReconcileError> {
-    let machine = &request.machine;
-    if !has_finalizer(machine, MCM_FINALIZER) {
+    if !has_finalizer(&request.machine, MCM_FINALIZER) {
         return Ok(Requeue::after(
             retry::LONG,
             "machine has no finalizer; nothing to do",
         ));
     }
-    let step = if phase_of(machine) == phase::TERMINATING {
+    let mut request = request.clone();
+    let mut moved_on = false;
+    for _ in 0..MAX_STEPS_PER_RECONCILE {
+        let step = current_step(&request.machine);
+        match run_step(ctx, &request, step).await {
+            Ok(StepEnd::MovedOn(machine)) => {
+                request.machine = *machine;
+                moved_on = true;
+            }
+            Ok(StepEnd::Requeue {
+                requeue,
+                written,
+                reached,
+            }) => {
+                // Unwritten progress is written when the reconcile stops, even if MCM's
+                // similarity rule took the last transition for no change: it compared
+                // with the status in memory, not the one stored.
+                if moved_on && !written {
+                    let reached = reached.map_or(request.machine, |machine| *machine);
+                    write_progress(ctx, &reached).await;
+                }
+                return Ok(requeue);
+            }
+            Err(source) => return Err(ReconcileError::deletion(step, source)),
+        }
+    }
+    write_progress(ctx, &request.machine).await;
+    Ok(Requeue::after(retry::SHORT, "machine deletion in process"))
+}
+
+fn current_step(machine: &Machine) -> DeletionStep {
+    if phase_of(machine) == phase::TERMINATING {
         DeletionStep::parse(description_of(machine))
     } else {
         DeletionStep::Terminate
-    };
-    let result = match step {
-        DeletionStep::Terminate => set_terminating(ctx, machine).await,
+    }
+}
+
+async fn run_step(
+    ctx: &Context,
+    request: &MachineRequest,
+    step: DeletionStep,
+) -> Result<StepEnd, DeletionError> {
+    let machine = &request.machine;
+    match step {
+        DeletionStep::Terminate => set_terminating(ctx, machine).await.map(StepEnd::written),
         DeletionStep::GetVmStatus => node::find_node(ctx, request).await,
         DeletionStep::Drain => drain(ctx, request).await,
         DeletionStep::DeleteVolumeAttachments => {
@@ -53,37 +133,56 @@ pub async fn deletion_flow(
         }
         DeletionStep::DeleteVm => delete_vm(ctx, request).await,
         DeletionStep::DeleteNode => node::delete_node(ctx, machine).await,
-        DeletionStep::RemoveFinalizer => remove_finalizer(ctx, machine).await,
-    };
-    result.map_err(|source| ReconcileError::deletion(step, source))
+        DeletionStep::RemoveFinalizer => remove_finalizer(ctx, machine).await.map(StepEnd::written),
+    }
 }
 
-/// Writes a step's transition, keeping currentStatus (its lastUpdateTime times the drain),
-/// and answers its requeue.
+/// Writes the step reached in memory when the reconcile ends waiting in a later step
+/// without a write of its own; a failure only means those steps are repeated next time.
+async fn write_progress(ctx: &Context, machine: &Machine) {
+    if let Err(error) = write_status(ctx, machine, status_of(machine)).await {
+        warn!(machine = %machine.name_any(), "writing the deletion progress failed: {error}");
+    }
+}
+
+/// A step's transition: followed at once when it succeeded and leads on, written and
+/// answered with its requeue otherwise. Keeps currentStatus (its lastUpdateTime times the
+/// drain).
 async fn persist(
     ctx: &Context,
     machine: &Machine,
     transition: Transition,
-) -> Result<Requeue, DeletionError> {
+) -> Result<StepEnd, DeletionError> {
+    let moves_on = moves_on_at_once(current_step(machine), &transition);
     let status = status_of(machine);
     let known = match transition.known_state {
         KnownState::Keep => status.last_known_state,
         KnownState::Replace(known) => known,
     };
-    update_machine_status(
-        ctx,
+    let operation = last_operation(
+        transition.description.clone(),
+        transition.state,
+        &transition.op_type,
+    );
+    let current = status.current_status.unwrap_or_default();
+    let mut reached = machine.clone();
+    reached.status = Some(updated_status(
         machine,
-        last_operation(
-            transition.description.clone(),
-            transition.state,
-            &transition.op_type,
-        ),
-        status.current_status.unwrap_or_default(),
-        known,
-    )
-    .await
-    .map_err(DeletionError::Api)?;
-    Ok(Requeue::after(transition.after, transition.description))
+        operation.clone(),
+        current.clone(),
+        known.clone(),
+    ));
+    if moves_on {
+        return Ok(StepEnd::MovedOn(Box::new(reached)));
+    }
+    let written = update_machine_status(ctx, machine, operation, current, known)
+        .await
+        .map_err(DeletionError::Api)?;
+    Ok(StepEnd::Requeue {
+        requeue: Requeue::after(transition.after, transition.description),
+        written,
+        reached: (!written).then(|| Box::new(reached)),
+    })
 }
 
 async fn set_terminating(ctx: &Context, machine: &Machine) -> Result<Requeue, DeletionError> {
@@ -113,7 +212,7 @@ async fn set_terminating(ctx: &Context, machine: &Machine) -> Result<Requeue, De
     ))
 }
 
-async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, DeletionError> {
+async fn drain(ctx: &Context, request: &MachineRequest) -> Result<StepEnd, DeletionError> {
     let machine = &request.machine;
     let node_name = crate::machine::status::node_name_of(machine);
     if node_name.is_empty() {
@@ -148,14 +247,14 @@ async fn drain(ctx: &Context, request: &MachineRequest) -> Result<Requeue, Delet
             elapsed_since(machine.metadata.deletion_timestamp.as_ref()),
         );
     }
-    let requeue = persist(ctx, machine, decision.next).await?;
+    let end = persist(ctx, machine, decision.next).await?;
     match decision.error {
         Some(error) => Err(DeletionError::Drain(error)),
-        None => Ok(requeue),
+        None => Ok(end),
     }
 }
 
-async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<Requeue, DeletionError> {
+async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<StepEnd, DeletionError> {
     let machine = &request.machine;
     let deleted = ctx.driver.delete_machine(request).await;
     if deleted.is_ok() {
@@ -168,13 +267,13 @@ async fn delete_vm(ctx: &Context, request: &MachineRequest) -> Result<Requeue, D
     }
     let (next, error) = steps::after_vm_deletion(deleted);
     let description = next.description.clone();
-    let requeue = persist(ctx, machine, next).await?;
+    let end = persist(ctx, machine, next).await?;
     match error {
         Some(source) => Err(DeletionError::Driver {
             description,
             source,
         }),
-        None => Ok(requeue),
+        None => Ok(end),
     }
 }
 

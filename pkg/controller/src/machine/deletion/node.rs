@@ -15,15 +15,15 @@ use crate::machine::status::{node_name_of, op_type_of, replace_machine};
 use crate::names::{MACHINE_NAME_LABEL, NODE_FINALIZER, NODE_LABEL};
 use crate::util::finalizers::set_finalizer;
 
-use super::persist;
 use super::steps::{
     AttachmentDecision, DeletionStep, Transition, VmStatusDecision, after_vm_status,
     live_attachments, volume_attachments_of,
 };
+use super::{StepEnd, persist};
 
 /// Finds the node to drain: the `node` label, a Node labelled with the machine name, or
 /// the driver's answer; records it in the `node` label.
-pub async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeue, DeletionError> {
+pub async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<StepEnd, DeletionError> {
     let machine = &request.machine;
     if ctx.target.is_none() {
         let skip = Transition::to(
@@ -55,11 +55,7 @@ pub async fn find_node(ctx: &Context, request: &MachineRequest) -> Result<Requeu
             .await
             .map_err(DeletionError::Api)?;
     }
-    persist(ctx, &stored, Transition::to(DeletionStep::Drain, "")).await?;
-    Ok(Requeue::after(
-        retry::SHORT,
-        "machine deletion in process. VM with matching ID found",
-    ))
+    persist(ctx, &stored, Transition::to(DeletionStep::Drain, "")).await
 }
 
 async fn node_by_machine_label(ctx: &Context, machine_name: &str) -> Option<String> {
@@ -76,7 +72,7 @@ async fn node_by_machine_label(ctx: &Context, machine_name: &str) -> Option<Stri
 pub async fn delete_volume_attachments(
     ctx: &Context,
     machine: &Machine,
-) -> Result<Requeue, DeletionError> {
+) -> Result<StepEnd, DeletionError> {
     let node_name = node_name_of(machine);
     let with_type = |mut next: Transition| {
         next.op_type = op_type_of(machine);
@@ -116,11 +112,12 @@ pub async fn delete_volume_attachments(
     Ok(Requeue::after(
         retry::SHORT,
         "volume attachments deleted; waiting for them to go",
-    ))
+    )
+    .into())
 }
 
 /// Releases the Node's finalizer and deletes it; a missing Node or label moves on.
-pub async fn delete_node(ctx: &Context, machine: &Machine) -> Result<Requeue, DeletionError> {
+pub async fn delete_node(ctx: &Context, machine: &Machine) -> Result<StepEnd, DeletionError> {
     let node_name = node_name_of(machine);
     let next = |what: String| Transition::to(DeletionStep::RemoveFinalizer, &what);
     let Some(nodes) = ctx.nodes() else {
@@ -180,7 +177,7 @@ async fn node_failed(
     machine: &Machine,
     what: &str,
     source: kube::Error,
-) -> Result<Requeue, DeletionError> {
+) -> Result<StepEnd, DeletionError> {
     let retry_step = Transition::retry(DeletionStep::DeleteNode, what, retry::SHORT);
     let description = retry_step.description.clone();
     persist(ctx, machine, retry_step).await?;

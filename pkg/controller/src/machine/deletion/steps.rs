@@ -16,7 +16,8 @@ use crate::machine::deletion::drain_plan::PDB_RETRY;
 use crate::names::{operation, state, step};
 
 /// Where a deleting machine stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In MCM's order: a later step compares greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeletionStep {
     /// Not yet Terminating, or a description naming no step: set the phase first.
     Terminate,
@@ -108,6 +109,15 @@ impl Transition {
     fn after(self, after: Duration) -> Self {
         Transition { after, ..self }
     }
+}
+
+/// Whether `transition`, made by step `from`, is followed in the same reconcile without
+/// being written first: it succeeded and leads to a later step. MCM writes every step and
+/// requeues; most steps of a machine without a Node (or with an empty one) end at once,
+/// and each of them is retry-safe, so a reconcile that stops before the write only
+/// repeats, next time, the steps since the last one written.
+pub fn moves_on_at_once(from: DeletionStep, transition: &Transition) -> bool {
+    transition.state == state::PROCESSING && DeletionStep::parse(&transition.description) > from
 }
 
 /// GetMachineStatus's answer while looking for the node to drain.
@@ -299,6 +309,23 @@ pub fn after_vm_deletion(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_successful_step_forward_moves_on_without_a_write() {
+        let forward = Transition::to(DeletionStep::DeleteVm, "Drain successful.");
+        assert!(moves_on_at_once(DeletionStep::Drain, &forward));
+        // Waiting in the same step (a drain in progress) is written, to be seen and timed.
+        let waiting = Transition::to(DeletionStep::Drain, "Drain in progress - 1 pods remaining.");
+        assert!(!moves_on_at_once(DeletionStep::Drain, &waiting));
+        // A failure is written, to be seen and retried.
+        let failed = Transition::retry(DeletionStep::DeleteNode, "Deletion failed.", retry::SHORT);
+        assert!(!moves_on_at_once(DeletionStep::DeleteVm, &failed));
+        // Backwards (a description naming an earlier step) is written too.
+        let back = Transition::to(DeletionStep::GetVmStatus, "");
+        assert!(!moves_on_at_once(DeletionStep::DeleteVm, &back));
+        assert!(DeletionStep::Terminate < DeletionStep::GetVmStatus);
+        assert!(DeletionStep::DeleteNode < DeletionStep::RemoveFinalizer);
+    }
 
     #[test]
     fn every_step_parses_back_from_its_marker() {
