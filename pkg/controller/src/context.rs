@@ -1,11 +1,14 @@
 //! What every reconcile shares: the clients, the driver, the flags and the safety state.
 
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
+use serde::de::DeserializeOwned;
 
 use mcm_provider_kubevirt::Driver;
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
@@ -51,6 +54,20 @@ pub fn is_not_found(error: &kube::Error) -> bool {
 
 pub fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// Every object of `store` once it has listed, or of a LIST of `api` without one.
+async fn listed<K>(store: Option<&Store<K>>, api: &Api<K>) -> Result<Vec<Arc<K>>, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + 'static,
+{
+    if let Some(store) = store
+        && let Some(all) = cached_all(store).await
+    {
+        return Ok(all);
+    }
+    let listed = api.list(&ListParams::default()).await?;
+    Ok(listed.items.into_iter().map(Arc::new).collect())
 }
 
 /// Shared state of the machine controller.
@@ -138,24 +155,14 @@ impl Context {
 
     /// The Machines of `--namespace`, from the store.
     pub async fn list_machines(&self) -> Result<Vec<Arc<Machine>>, kube::Error> {
-        if let Some(caches) = &self.caches
-            && let Some(all) = cached_all(&caches.machines).await
-        {
-            return Ok(all);
-        }
-        let listed = self.machines().list(&ListParams::default()).await?;
-        Ok(listed.items.into_iter().map(Arc::new).collect())
+        let store = self.caches.as_ref().map(|c| &c.machines);
+        listed(store, &self.machines()).await
     }
 
     /// The MachineClasses of `--namespace`, from the store.
     pub async fn list_machine_classes(&self) -> Result<Vec<Arc<MachineClass>>, kube::Error> {
-        if let Some(caches) = &self.caches
-            && let Some(all) = cached_all(&caches.classes).await
-        {
-            return Ok(all);
-        }
-        let listed = self.machine_classes().list(&ListParams::default()).await?;
-        Ok(listed.items.into_iter().map(Arc::new).collect())
+        let store = self.caches.as_ref().map(|c| &c.classes);
+        listed(store, &self.machine_classes()).await
     }
 
     /// The Nodes of the target cluster, from the store; none without a target cluster.
@@ -163,13 +170,8 @@ impl Context {
         let Some(nodes) = self.nodes() else {
             return Ok(Vec::new());
         };
-        if let Some(store) = self.caches.as_ref().and_then(|c| c.nodes.as_ref())
-            && let Some(all) = cached_all(store).await
-        {
-            return Ok(all);
-        }
-        let listed = nodes.list(&ListParams::default()).await?;
-        Ok(listed.items.into_iter().map(Arc::new).collect())
+        let store = self.caches.as_ref().and_then(|c| c.nodes.as_ref());
+        listed(store, &nodes).await
     }
 
     pub fn namespace(&self) -> &str {
