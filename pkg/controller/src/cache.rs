@@ -19,12 +19,15 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{info, warn};
 
 use mcm_provider_kubevirt::mcm::{Machine, MachineClass};
 
 /// How long a read waits for its store's first listing before asking the API server.
 const SYNC_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often a read waiting for a store's first listing looks again (see [`ready`]).
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The stores the reconciles read. `nodes` is `None` without a target cluster.
 #[derive(Clone)]
@@ -59,14 +62,23 @@ where
     Some(store.state())
 }
 
+/// Waits for the store's first listing, up to [`SYNC_PATIENCE`]. kube's readiness future
+/// wakes only the last task that polled it (a oneshot channel keeps one waker), and the
+/// controllers' own waits compete with these: so it is polled again every
+/// [`READY_POLL`] rather than relied on to wake every waiter.
 async fn ready<K>(store: &Store<K>) -> Option<()>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    match tokio::time::timeout(SYNC_PATIENCE, store.wait_until_ready()).await {
-        Ok(Ok(())) => Some(()),
-        _ => None,
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < SYNC_PATIENCE {
+        match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+            Ok(Ok(())) => return Some(()),
+            Ok(Err(_writer_dropped)) => return None,
+            Err(_not_yet) => {}
+        }
     }
+    None
 }
 
 /// One watch: its store, and its events for each subscriber.
@@ -152,6 +164,9 @@ where
             .for_each(|event| {
                 match event {
                     Ok(event) => {
+                        if matches!(event, watcher::Event::InitDone) {
+                            info!(kind, "watch listed");
+                        }
                         for subscriber in &subscribers {
                             // Fails only once the consumer is gone, when the process ends.
                             let _ = subscriber.unbounded_send(event.clone());
@@ -224,5 +239,57 @@ impl Informers {
             self.secrets.run(),
             nodes
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    /// Three reconciles wait for the Secret store's first listing at once; each is answered
+    /// from the store once it lists, not after [`SYNC_PATIENCE`] from the API server.
+    #[tokio::test(start_paused = true)]
+    async fn every_read_waiting_for_the_first_listing_is_answered_when_it_comes() {
+        let (store, mut writer) = reflector::store::<Secret>();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let found = cached(&store, "cloud", Some("shoot--a")).await;
+                    (found, started.elapsed())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("cloud".into());
+        secret.metadata.namespace = Some("shoot--a".into());
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(secret));
+        writer.apply_watcher_event(&Event::InitDone);
+        for reader in readers {
+            let (found, waited) = reader.await.expect("reader");
+            let found = found.expect("answered from the store").expect("listed");
+            assert_eq!(found.metadata.name.as_deref(), Some("cloud"));
+            assert!(waited < Duration::from_secs(2), "{waited:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_are_stored_without_their_images_and_managed_fields() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "managedFields": [{"manager": "kubelet"}]},
+            "status": {"images": [{"names": ["registry/image:1"], "sizeBytes": 1}],
+                       "volumesAttached": [{"name": "v", "devicePath": ""}]},
+        }))
+        .expect("a node");
+        strip_node(&mut node);
+        assert!(node.metadata.managed_fields.is_none_or(|f| f.is_empty()));
+        let status = node.status.expect("status");
+        assert!(status.images.is_none());
+        // The drain reads attached volumes: they stay.
+        assert_eq!(status.volumes_attached.map(|v| v.len()), Some(1));
     }
 }
