@@ -127,24 +127,25 @@ where
 
     /// The objects the watch applies (added, changed, listed): a controller's triggers.
     pub fn applied(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + use<K> {
-        self.subscribe().filter_map(|event| async move {
-            match event {
-                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                    Some(Ok(object))
-                }
-                _ => None,
-            }
-        })
+        self.objects(false)
     }
 
     /// The objects the watch applies or deletes: another kind's triggers (a deleted class
     /// concerns its Secrets, a deleted Node its Machine).
     pub fn touched(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + use<K> {
-        self.subscribe().filter_map(|event| async move {
+        self.objects(true)
+    }
+
+    fn objects(
+        &self,
+        with_deleted: bool,
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + use<K> {
+        self.subscribe().filter_map(move |event| async move {
             match event {
-                watcher::Event::Apply(object)
-                | watcher::Event::InitApply(object)
-                | watcher::Event::Delete(object) => Some(Ok(object)),
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    Some(Ok(object))
+                }
+                watcher::Event::Delete(object) if with_deleted => Some(Ok(object)),
                 _ => None,
             }
         })

@@ -24,7 +24,11 @@ pub async fn get_node(nodes: &Api<Node>, name: &str) -> Result<Option<Node>, Api
     nodes
         .get_opt(name)
         .await
-        .map_err(|error| ApiError::new(format!("getting node {name:?}"), error))
+        .map_err(|error| node_read_failed(name, error))
+}
+
+fn node_read_failed(name: &str, error: kube::Error) -> ApiError {
+    ApiError::new(format!("getting node {name:?}"), error)
 }
 
 /// The Node's condition of `type_`, if it has one.
@@ -54,6 +58,25 @@ pub fn is_not_found(error: &kube::Error) -> bool {
 
 pub fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// The object `name` (in `namespace`) of `store` once it has listed, or a GET of `api`
+/// without one.
+async fn got<K>(
+    store: Option<&Store<K>>,
+    namespace: Option<&str>,
+    api: &Api<K>,
+    name: &str,
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + 'static,
+{
+    if let Some(store) = store
+        && let Some(found) = cached(store, name, namespace).await
+    {
+        return Ok(found);
+    }
+    api.get_opt(name).await
 }
 
 /// Every object of `store` once it has listed, or of a LIST of `api` without one.
@@ -119,23 +142,16 @@ impl Context {
 
     /// The MachineClass `name` of `--namespace`, from the store (MCM's class lister).
     pub async fn machine_class(&self, name: &str) -> Result<Option<MachineClass>, kube::Error> {
-        if let Some(caches) = &self.caches
-            && let Some(found) = cached(&caches.classes, name, Some(self.namespace())).await
-        {
-            return Ok(found);
-        }
-        self.machine_classes().get_opt(name).await
+        let store = self.caches.as_ref().map(|c| &c.classes);
+        got(store, Some(self.namespace()), &self.machine_classes(), name).await
     }
 
     /// A Secret, from the store when it is in `--namespace` (the only one watched).
     pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
-        if let Some(caches) = &self.caches
-            && namespace == self.namespace()
-            && let Some(found) = cached(&caches.secrets, name, Some(namespace)).await
-        {
-            return Ok(found);
-        }
-        self.secrets_in(namespace).get_opt(name).await
+        let store = (namespace == self.namespace())
+            .then(|| self.caches.as_ref().map(|c| &c.secrets))
+            .flatten();
+        got(store, Some(namespace), &self.secrets_in(namespace), name).await
     }
 
     /// The Node `name` of the target cluster, from the store (MCM's node lister); `None`
@@ -145,12 +161,10 @@ impl Context {
         let Some(nodes) = self.nodes() else {
             return Ok(None);
         };
-        if let Some(store) = self.caches.as_ref().and_then(|c| c.nodes.as_ref())
-            && let Some(found) = cached(store, name, None).await
-        {
-            return Ok(found);
-        }
-        get_node(&nodes, name).await
+        let store = self.caches.as_ref().and_then(|c| c.nodes.as_ref());
+        got(store, None, &nodes, name)
+            .await
+            .map_err(|error| node_read_failed(name, error))
     }
 
     /// The Machines of `--namespace`, from the store.

@@ -234,11 +234,20 @@ pub async fn update_machine_status(
     current: CurrentStatus,
     last_known_state: Option<String>,
 ) -> Result<bool, ApiError> {
-    let old = status_of(machine);
-    // Compared with the stored unknown fields in: they are part of what would be written.
     let new = updated_status(machine, operation, current, last_known_state);
+    write_if_changed(ctx, machine, new).await
+}
+
+/// Writes `new` (an [`updated_status`] of `machine`) unless MCM's similarity rule takes it
+/// for the stored status; answers whether it wrote.
+pub async fn write_if_changed(
+    ctx: &Context,
+    machine: &Machine,
+    new: MachineStatus,
+) -> Result<bool, ApiError> {
     let name = machine.metadata.name.as_deref().unwrap_or_default();
-    if is_similar(&old, &new) {
+    // Compared with the stored unknown fields in: they are part of what would be written.
+    if is_similar(&status_of(machine), &new) {
         debug!(machine = name, "status unchanged; not written");
         return Ok(false);
     }

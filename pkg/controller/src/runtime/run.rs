@@ -117,7 +117,7 @@ pub async fn connect(
     options: &Options,
     driver: Arc<dyn Driver>,
     metrics: Arc<Metrics>,
-) -> Result<Arc<Context>, RunError> {
+) -> Result<Context, RunError> {
     let (control_config, target_config) = configs(options).await?;
     let control_url = control_config.cluster_url.to_string();
     let control = client(
@@ -144,13 +144,7 @@ pub async fn connect(
         None => None,
     };
     let driver: Arc<dyn Driver> = Arc::new(InstrumentedDriver::new(driver, metrics.clone()));
-    let ctx = Arc::new(Context::new(
-        control,
-        target,
-        driver,
-        options.clone(),
-        metrics,
-    ));
+    let ctx = Context::new(control, target, driver, options.clone(), metrics);
     if let Err(error) = ctx
         .machines()
         .list(&kube::api::ListParams::default().limit(1))
@@ -188,11 +182,7 @@ pub async fn run_with_metrics(
         ctx.nodes(),
     );
     let caches = informers.caches();
-    let ctx = Arc::new(
-        Arc::into_inner(ctx)
-            .ok_or(RunError::Stopped("context"))?
-            .with_caches(caches.clone()),
-    );
+    let ctx = Arc::new(ctx.with_caches(caches.clone()));
 
     let address = SocketAddr::new(options.server.address, options.server.port);
     let router = crate::runtime::http::router(ctx.clone(), Some(caches.machines.clone()));

@@ -22,7 +22,7 @@ use crate::machine::bootstrap_token::delete_bootstrap_token;
 use crate::machine::settings::elapsed_since;
 use crate::machine::status::{
     current_status, description_of, last_operation, phase_of, status_of, update_machine_status,
-    updated_status, write_status,
+    updated_status, write_if_changed, write_status,
 };
 use crate::names::{MCM_FINALIZER, operation, phase, state};
 use crate::runtime::metrics::MachineDuration;
@@ -32,35 +32,31 @@ pub use steps::{DeletionStep, KnownState, Transition, moves_on_at_once};
 
 /// How a deletion step ended.
 pub enum StepEnd {
-    /// With this requeue. `written`: the step wrote the Machine's status; `reached`: the
-    /// Machine with the status the step's transition sets, when that was not written.
+    /// With this requeue. `unwritten`: the Machine with the status the step reached, when
+    /// that is not what is stored (`None`: it is, or nothing is left to store).
     Requeue {
         requeue: Requeue,
-        written: bool,
-        reached: Option<Box<Machine>>,
+        unwritten: Option<Box<Machine>>,
     },
     /// On to a later step at once, the Machine's status updated in memory only.
     MovedOn(Box<Machine>),
 }
 
 impl StepEnd {
-    /// A step that wrote what it reached (or removed the Machine's finalizer: nothing is
-    /// left to write).
+    /// A step that stored what it reached (or removed the Machine's finalizer: nothing is
+    /// left to store).
     fn written(requeue: Requeue) -> Self {
         StepEnd::Requeue {
             requeue,
-            written: true,
-            reached: None,
+            unwritten: None,
         }
     }
-}
 
-impl From<Requeue> for StepEnd {
-    fn from(requeue: Requeue) -> Self {
+    /// A step that waits in `machine`'s step without writing.
+    fn waiting(requeue: Requeue, machine: &Machine) -> Self {
         StepEnd::Requeue {
             requeue,
-            written: false,
-            reached: None,
+            unwritten: Some(Box::new(machine.clone())),
         }
     }
 }
@@ -89,16 +85,11 @@ pub async fn deletion_flow(
                 request.machine = *machine;
                 moved_on = true;
             }
-            Ok(StepEnd::Requeue {
-                requeue,
-                written,
-                reached,
-            }) => {
+            Ok(StepEnd::Requeue { requeue, unwritten }) => {
                 // Unwritten progress is written when the reconcile stops, even if MCM's
                 // similarity rule took the last transition for no change: it compared
                 // with the status in memory, not the one stored.
-                if moved_on && !written {
-                    let reached = reached.map_or(request.machine, |machine| *machine);
+                if moved_on && let Some(reached) = unwritten {
                     write_progress(ctx, &reached).await;
                 }
                 return Ok(requeue);
@@ -165,23 +156,21 @@ async fn persist(
         &transition.op_type,
     );
     let current = status.current_status.unwrap_or_default();
-    let mut reached = machine.clone();
-    reached.status = Some(updated_status(
-        machine,
-        operation.clone(),
-        current.clone(),
-        known.clone(),
-    ));
+    let new = updated_status(machine, operation, current, known);
+    let reached = |status| {
+        let mut reached = machine.clone();
+        reached.status = Some(status);
+        Box::new(reached)
+    };
     if moves_on {
-        return Ok(StepEnd::MovedOn(Box::new(reached)));
+        return Ok(StepEnd::MovedOn(reached(new)));
     }
-    let written = update_machine_status(ctx, machine, operation, current, known)
+    let written = write_if_changed(ctx, machine, new.clone())
         .await
         .map_err(DeletionError::Api)?;
     Ok(StepEnd::Requeue {
         requeue: Requeue::after(transition.after, transition.description),
-        written,
-        reached: (!written).then(|| Box::new(reached)),
+        unwritten: (!written).then(|| reached(new)),
     })
 }
 

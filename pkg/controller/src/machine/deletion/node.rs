@@ -109,11 +109,13 @@ pub async fn delete_volume_attachments(
             warn!(volume_attachment = %name, "delete failed: {error}");
         }
     }
-    Ok(Requeue::after(
-        retry::SHORT,
-        "volume attachments deleted; waiting for them to go",
-    )
-    .into())
+    Ok(StepEnd::waiting(
+        Requeue::after(
+            retry::SHORT,
+            "volume attachments deleted; waiting for them to go",
+        ),
+        machine,
+    ))
 }
 
 /// Releases the Node's finalizer and deletes it; a missing Node or label moves on.
